@@ -1,0 +1,50 @@
+# distgan: every target installs what it needs first (a fresh clone needs only python3 >= 3.10 and make).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/default.yaml
+ARGS   ?=
+
+.PHONY: help install data data-fashion train test test-fast lint format clean
+
+help:
+	@echo "make train   install, prepare MNIST, train $(CONFIG) (ARGS='train.epochs=1' to override)"
+	@echo "make test    install, prepare MNIST, lint, run the test suite"
+	@echo "make data | data-fashion | lint | format | clean"
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml changes; a second `make install` is instant.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+data: install
+	$(PY) -m distgan.data --dataset mnist --root data
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package when online downloads are impossible.
+data-fashion: install
+	test -d /usr/share/datasets/fashion-mnist || apt-get install -y -q dataset-fashion-mnist || true
+	$(PY) -m distgan.data --dataset fashion_mnist --root data
+
+train: data
+	$(PY) -m distgan.train --config $(CONFIG) $(ARGS)
+
+test: data lint
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check distgan tests
+	$(VENV)/bin/ruff format --check distgan tests
+
+format: install
+	$(VENV)/bin/ruff format distgan tests
+	$(VENV)/bin/ruff check --fix distgan tests
+
+clean:
+	rm -rf runs wandb .pytest_cache .ruff_cache *.egg-info

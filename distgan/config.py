@@ -1,0 +1,357 @@
+"""Typed experiment configuration: dataclasses per concern, YAML files, dotted CLI overrides.
+
+A config file is a partial YAML mapping over the dataclass defaults below (the shared defaults).
+A file may name another with ``base: other.yaml`` (relative to itself) and override only what differs.
+Every key is checked: unknown keys and wrong types raise :class:`ConfigError`, which names the key
+and suggests the closest valid one, so a typo never silently trains the wrong experiment.
+
+Batch size is *global*: ``train.batch_size`` images per step summed over all processes, each process
+taking ``batch_size / world_size``. No learning-rate rule is applied when the world size changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message says which and how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    """Which dataset to train on; prepared under ``root`` by ``python -m distgan.data``."""
+    root: str = "data"
+    """Folder holding ``MNIST/raw/`` (torchvision's layout)."""
+
+
+@dataclass
+class ModelConfig:
+    g: str = "dcgan_g"
+    """Generator name in the model registry (``distgan.models.GENERATORS``)."""
+    d: str = "dcgan_d"
+    """Discriminator name in the model registry (``distgan.models.DISCRIMINATORS``)."""
+    z_dim: int = 64
+    """Latent size; also fixes the grid's fixed z, so configs with one z_dim share their grid noise."""
+    g_args: dict = field(default_factory=dict)
+    """Extra keyword arguments for the generator's constructor (checked against its signature)."""
+    d_args: dict = field(default_factory=dict)
+    """Extra keyword arguments for the discriminator's constructor."""
+
+
+@dataclass
+class LossConfig:
+    d: str = "bce"
+    """Discriminator loss on logits (``distgan.losses.LOSSES``)."""
+    g: str = "bce"
+    """Generator loss on logits; with ``bce`` it is the non-saturating -log D(G(z))."""
+    real_label: tuple[float, float] = (0.9, 1.0)
+    """D's target for real images, drawn uniformly per sample in [low, high]; (1, 1) means none."""
+    fake_label: tuple[float, float] = (0.0, 0.0)
+    """D's target for generated images, drawn uniformly per sample in [low, high]."""
+
+
+@dataclass
+class AdamConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    g: AdamConfig = field(default_factory=AdamConfig)
+    d: AdamConfig = field(default_factory=AdamConfig)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    """Fixes init, data order, noise and label draws (per rank, reproducibly)."""
+    epochs: int = 10
+    """Passes over the training set by D (real images seen)."""
+    max_steps: int | None = None
+    """Stop after this many steps even mid-epoch (smoke tests); the last state is still saved."""
+    batch_size: int = 64
+    """Global batch: images per D step summed over all processes."""
+    d_steps: int = 1
+    """D updates per step, each on a fresh real batch."""
+    g_steps: int = 1
+    """G updates per step, after the D updates."""
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    """None keeps accelerate's setting (``accelerate launch --mixed_precision``, default no)."""
+    threads: int | None = None
+    """torch CPU threads per process; None picks cores / local processes and records it."""
+    log_every: int = 50
+    """Steps between reads of the losses from the device (one sync per this many steps)."""
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"
+    """Parent folder of run folders."""
+    name: str | None = None
+    """Run folder name; None gives ``<config>-s<seed>-<timestamp>``."""
+    tracker: Literal["wandb", "none"] = "wandb"
+    """W&B through accelerate (offline unless W&B is configured), or none."""
+    wandb_project: str = "distgan"
+    grid_seed: int = 0
+    """Seed of the fixed z behind every epoch's 8x8 grid (kept apart from train.seed on purpose)."""
+    checkpoint_every_epochs: int = 1
+    sample_every_epochs: int = 1
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    """The experiment's name (defaults to the config file's stem)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return to_plain(self)
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists: the JSON/YAML form of a config."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- typed construction
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form or raise."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{key}: {value!r} is not one of {', '.join(map(repr, args))}.{_suggest(str(value), map(str, args))}"
+            )
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} numbers like [0.9, 1.0], got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; accept what float() reads
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp} at {key}")  # a bug in this module, not user input
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            valid = [f"{prefix}.{n}" if prefix else n for n in names]
+            raise ConfigError(
+                f"unknown config key '{path}'.{_suggest(path, valid)} Valid keys here: {', '.join(valid)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config 'base' chain loops back to {path}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+        data = _merge(_read_yaml(path.parent / base, seen + (path,)), data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=3`` -> (['train', 'epochs'], 3); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key; write section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def from_dict(data: dict) -> Config:
+    """Validate a plain mapping (from YAML or a checkpoint) into a Config."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config over the defaults, apply dotted overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+        data.setdefault("name", Path(path).stem)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.setdefault(k, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{text}': '{k}' is a value, not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return from_dict(data)
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    t = cfg.train
+    need(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    need(
+        t.max_steps is None or t.max_steps >= 1,
+        f"train.max_steps must be >= 1 or null, got {t.max_steps}",
+    )
+    need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    need(
+        t.d_steps >= 1 and t.g_steps >= 1,
+        "train.d_steps and train.g_steps must be >= 1",
+    )
+    need(
+        t.threads is None or t.threads >= 1,
+        f"train.threads must be >= 1 or null, got {t.threads}",
+    )
+    need(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    need(cfg.model.z_dim >= 1, f"model.z_dim must be >= 1, got {cfg.model.z_dim}")
+    for name in ("real_label", "fake_label"):
+        lo, hi = getattr(cfg.loss, name)
+        need(
+            0.0 <= lo <= hi <= 1.0,
+            f"loss.{name} must satisfy 0 <= low <= high <= 1, got [{lo}, {hi}]",
+        )
+    for net in ("g", "d"):
+        a: AdamConfig = getattr(cfg.optim, net)
+        need(a.lr > 0, f"optim.{net}.lr must be > 0, got {a.lr}")
+        need(
+            all(0.0 <= b < 1.0 for b in a.betas),
+            f"optim.{net}.betas must lie in [0, 1), got {list(a.betas)}",
+        )
+        need(
+            a.weight_decay >= 0,
+            f"optim.{net}.weight_decay must be >= 0, got {a.weight_decay}",
+        )
+    o = cfg.output
+    need(o.checkpoint_every_epochs >= 1, "output.checkpoint_every_epochs must be >= 1")
+    need(o.sample_every_epochs >= 1, "output.sample_every_epochs must be >= 1")
+    need(
+        bool(cfg.name) and "/" not in cfg.name,
+        f"name must be a non-empty word without '/', got {cfg.name!r}",
+    )
+    check_registries(cfg)
+
+
+def check_registries(cfg: Config) -> None:
+    from distgan import losses, models  # local import: those modules import this one
+
+    models.check_spec("g", cfg.model.g, cfg.model.g_args)
+    models.check_spec("d", cfg.model.d, cfg.model.d_args)
+    for net in ("d", "g"):
+        name = getattr(cfg.loss, net)
+        if name not in losses.LOSSES:
+            raise ConfigError(
+                f"loss.{net}: unknown loss '{name}'.{_suggest(name, losses.LOSSES)} Choose from {', '.join(losses.LOSSES)}"
+            )
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

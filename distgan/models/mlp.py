@@ -1,0 +1,74 @@
+"""Fully-connected generators and discriminators (the blog's MLP models). Pure nn.Modules.
+
+Images are (B, 1, 28, 28) in [0, 1]; G ends in a sigmoid, D returns one logit per image, shape (B,).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def mlp_block(
+    n_in: int,
+    n_out: int,
+    batchnorm: bool,
+    dropout: float,
+    leak: float,
+    bn_eps: float = 1e-5,
+) -> list[nn.Module]:
+    """Linear -> [BatchNorm1d] -> LeakyReLU -> [Dropout]."""
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(n_out, eps=bn_eps))
+    layers.append(nn.LeakyReLU(leak))
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return layers
+
+
+def mlp_stack(widths: Sequence[int], batchnorm: bool, dropout: float, leak: float) -> list[nn.Module]:
+    """mlp_block for each consecutive pair of widths."""
+    return [m for a, b in itertools.pairwise(widths) for m in mlp_block(a, b, batchnorm, dropout, leak)]
+
+
+class MLPGenerator(nn.Module):
+    """z -> hidden Linear blocks -> Linear(784) -> sigmoid -> (1, 28, 28)."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        hidden: Sequence[int] = (256, 512, 1024),
+        batchnorm: bool = True,
+        dropout: float = 0.0,
+        leak: float = 0.2,
+    ):
+        super().__init__()
+        widths = [z_dim, *hidden]
+        layers = mlp_stack(widths, batchnorm, dropout, leak)
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 28 * 28))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return rearrange(self.net(z).sigmoid(), "b (c h w) -> b c h w", c=1, h=28)
+
+
+class MLPDiscriminator(nn.Module):
+    """(1, 28, 28) -> flattened -> hidden Linear blocks -> one logit."""
+
+    def __init__(
+        self,
+        hidden: Sequence[int] = (512, 256),
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+        leak: float = 0.2,
+    ):
+        super().__init__()
+        widths = [28 * 28, *hidden]
+        layers = mlp_stack(widths, batchnorm, dropout, leak)
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(rearrange(x, "b c h w -> b (c h w)")).squeeze(1)

@@ -1,0 +1,79 @@
+"""Generate images from a checkpoint, without running anything but distgan's own model code.
+
+    python -m distgan.sample --checkpoint runs/NAME --num 10000 --seed 0 --out samples.npz
+    python -m distgan.sample --checkpoint runs/NAME --out grid.png            # 64 samples as an 8x8 grid
+    python -m distgan.sample --checkpoint runs/NAME --fixed-z --out grid.png  # the training grid, bit-exact
+
+``.npz`` output holds key ``images``: uint8, shape (N, 28, 28). The checkpoint is read with
+safetensors (never unpickled); its own metadata says which G to build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distgan import checkpoint, config, images, models
+from distgan.rng import fixed_z, stream_seed
+
+
+def load_generator(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, config.Config]:
+    """G in eval mode, and the run's config, from a run folder, checkpoint folder or model file."""
+    tensors, info = checkpoint.load(path)
+    cfg = config.from_dict(info["config"])
+    G = models.build_generator(cfg.model.g, cfg.model.z_dim, cfg.model.g_args)
+    G.load_state_dict(checkpoint.module_state(tensors, "G"))
+    return G.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def generate(G: torch.nn.Module, z: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """uint8 (N, 28, 28) images for noise z, in batches."""
+    device = next(G.parameters()).device
+    return torch.cat([images.to_uint8(G(chunk.to(device))) for chunk in z.split(batch)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distgan.sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or model.safetensors")
+    p.add_argument("--num", type=int, default=64, help="number of images (a .png needs a multiple of 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fixed-z", action="store_true", help="use the training grid's fixed z (64 images)")
+    p.add_argument("--out", required=True, help="samples.npz or grid.png")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix not in (".npz", ".png"):
+        p.error("--out must end in .npz (images array) or .png (grid)")
+    if args.num < 1:
+        p.error("--num must be >= 1")
+    try:
+        G, cfg = load_generator(args.checkpoint, args.device)
+    except (checkpoint.CheckpointError, config.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)  # the run's thread count, for bit-exact CPU results
+    if args.fixed_z:
+        z = fixed_z(cfg.model.z_dim, cfg.output.grid_seed)
+    else:
+        gen = torch.Generator().manual_seed(stream_seed("sample", args.seed))
+        z = torch.randn(args.num, cfg.model.z_dim, generator=gen)
+    imgs = generate(G, z)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez_compressed(out, images=imgs.numpy())
+    else:
+        if len(imgs) % 8:
+            p.error(f"a grid needs a multiple of 8 images, got {len(imgs)}")
+        images.save_png(images.grid(imgs), out)
+    print(f"wrote {len(imgs)} images to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The GAN update, and the only module that knows its DDP subtleties.
+
+Notation: G generator, D discriminator, z noise, real / fake image batches, logits = D's raw outputs.
+
+D step: fake = G(z) without a graph; ONE D forward on cat(real, fake), so a D with BatchNorm never runs
+twice before its backward (two forwards + DDP's buffer broadcast raise "modified by an inplace
+operation"); loss in float32 on logits; backward through accelerate (scaling, DDP all-reduce of D).
+
+G step: D frozen (requires_grad False) and its forward inside ``accelerator.no_sync(D)``: D's
+parameters get no gradient and DDP all-reduces nothing for D; only G's gradients are reduced.
+
+The D:G ratio is separate optimizer steps (no ``accumulate()``, whose one shared counter desyncs two
+models). Under fp16 accelerate keeps ONE GradScaler for both optimizers and updates it at every step;
+skipped steps are counted and logged.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+from distgan import losses
+
+
+class GANSteps:
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        G: nn.Module,
+        D: nn.Module,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+        loss_d: str,
+        loss_g: str,
+    ):
+        self.acc, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
+        self.loss_d, self.loss_g = loss_d, loss_g
+        self.skipped = {"d": 0, "g": 0}
+
+    def d_step(self, real: Tensor, z: Tensor, real_targets: Tensor, fake_targets: Tensor) -> tuple[Tensor, ...]:
+        """One D update. Returns detached (loss, mean D(real), mean D(fake)) without syncing the host."""
+        with torch.no_grad():
+            fake = self.G(z)
+        logits = self.D(torch.cat([real, fake.to(real.dtype)])).float()
+        real_logits, fake_logits = logits.split([len(real), len(fake)])
+        loss = losses.d_loss(self.loss_d, real_logits, fake_logits, real_targets, fake_targets)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.opt_d.step()
+        self._count_skip("d", self.opt_d)
+        with torch.no_grad():
+            return loss.detach(), real_logits.sigmoid().mean(), fake_logits.sigmoid().mean()
+
+    def g_step(self, z: Tensor) -> Tensor:
+        """One G update through a frozen D. Returns the detached loss."""
+        self.D.requires_grad_(False)
+        try:
+            with self.acc.no_sync(self.D):
+                fake_logits = self.D(self.G(z)).float()
+                loss = losses.g_loss(self.loss_g, fake_logits)
+                self.opt_g.zero_grad(set_to_none=True)
+                self.acc.backward(loss)
+        finally:
+            self.D.requires_grad_(True)
+        self.opt_g.step()
+        self._count_skip("g", self.opt_g)
+        return loss.detach()
+
+    def _count_skip(self, net: str, opt) -> None:
+        # Only fp16 has a scaler; reading step_was_skipped syncs the host, so never touch it otherwise.
+        if self.acc.scaler is not None and getattr(opt, "step_was_skipped", False):
+            self.skipped[net] += 1

@@ -1,0 +1,115 @@
+"""Where a run's numbers go: ``metrics.jsonl`` in the run folder, and W&B through accelerate's tracker.
+
+Only the main process writes. Per-step values stay on the device in a buffer and are read back every
+``log_every`` steps (one host sync, one all-reduce for the mean over ranks), then written one row per
+step. W&B runs offline unless the user configured it (WANDB_MODE or an API key); a W&B that fails to
+start is a warning, and the run goes on with its local files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+STEP_KEYS = ("loss_d", "loss_g", "d_real", "d_fake")
+
+
+def wandb_configured() -> bool:
+    """True when the user chose a W&B mode or has credentials (then we leave W&B's own choice alone)."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+class StepBuffer:
+    """Per-step metrics kept on the device; drained with one transfer."""
+
+    def __init__(self, device: torch.device, capacity: int):
+        self.values = torch.full((capacity, len(STEP_KEYS)), math.nan, device=device)
+        self.steps: list[int] = []
+
+    def add(self, step: int, values: Tensor) -> None:
+        self.values[len(self.steps)] = values
+        self.steps.append(step)
+
+    def full(self) -> bool:
+        return len(self.steps) == len(self.values)
+
+    def drain(self, accelerator: Accelerator) -> list[dict]:
+        """Rows {'step', 'loss_d', ...}, averaged over ranks. Collective: call on every rank."""
+        if not self.steps:
+            return []
+        n = len(self.steps)
+        values = accelerator.reduce(self.values[:n].clone(), reduction="mean").tolist()
+        rows = [
+            {"step": s, **{k: (None if math.isnan(v) else v) for k, v in zip(STEP_KEYS, vals, strict=True)}}
+            for s, vals in zip(self.steps, values, strict=True)
+        ]
+        self.values.fill_(math.nan)
+        self.steps = []
+        return rows
+
+
+class RunLog:
+    """metrics.jsonl + W&B for one run (no-ops on non-main ranks)."""
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, config: dict, use_wandb: bool, project: str):
+        self.acc = accelerator
+        self.main = accelerator.is_main_process
+        self.wandb = False
+        self.file = open(run_dir / "metrics.jsonl", "a") if self.main else None  # noqa: SIM115 (closed in close())
+        if use_wandb:
+            if not wandb_configured():
+                os.environ["WANDB_MODE"] = "offline"  # env, not an init argument, so users can still override
+            os.environ.setdefault("WANDB_DIR", str(run_dir))
+            try:
+                accelerator.init_trackers(
+                    project,
+                    config=config,
+                    init_kwargs={
+                        "wandb": {
+                            "name": run_dir.name,
+                            "dir": str(run_dir),
+                            "group": config["name"],
+                            "tags": [config["name"], f"world{accelerator.num_processes}"],
+                        }
+                    },
+                )
+                self.wandb = self.main
+            except Exception as e:  # noqa: BLE001 (W&B can fail in many ways; none must stop training)
+                warnings.warn(f"W&B did not start ({e}); training goes on with metrics.jsonl only", stacklevel=2)
+
+    def rows(self, rows: list[dict]) -> None:
+        if not self.main:
+            return
+        for row in rows:
+            self.file.write(json.dumps(row) + "\n")
+            if self.wandb:
+                self.acc.log(
+                    {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None}, step=row["step"]
+                )
+        self.file.flush()
+
+    def event(self, row: dict) -> None:
+        """A non-step record (epoch end, evaluation): written as is, and to W&B at its step."""
+        self.rows([row])
+
+    def image(self, name: str, picture: Tensor, step: int) -> None:
+        if self.wandb:
+            self.acc.get_tracker("wandb").log_images({name: [picture.numpy()]}, step=step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

@@ -1,0 +1,100 @@
+"""Config: YAML over defaults, dotted overrides, and errors that name the key and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distgan import config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_validate():
+    cfg = config.load()
+    assert cfg.train.batch_size == 64 and cfg.loss.real_label == (0.9, 1.0)
+
+
+def test_overrides_are_typed():
+    cfg = config.load(None, ["train.epochs=3", "optim.g.lr=2e-4", "loss.real_label=[0.8, 1.0]", "output.name=x"])
+    assert cfg.train.epochs == 3 and cfg.optim.g.lr == 2e-4 and cfg.loss.real_label == (0.8, 1.0)
+    assert isinstance(cfg.optim.g.lr, float)
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    assert config.load(None, ["optim.d.weight_decay=0"]).optim.d.weight_decay == 0.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch'. Did you mean 'train.epochs'?"),
+        ("trian.epochs=3", "Did you mean 'train'?"),
+        ("train.epochs=three", "train.epochs: expected an integer, got 'three'"),
+        ("train.epochs=2.5", "train.epochs: expected an integer"),
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("optim.g.lr=-1", "optim.g.lr must be > 0"),
+        ("loss.real_label=[1.0, 0.9]", "0 <= low <= high <= 1"),
+        ("loss.real_label=0.9", "expected a list of 2 numbers"),
+        ("train.mixed_precision=fp8", "'fp8' is not one of"),
+        ("model.g=dcgan_gg", "unknown model 'dcgan_gg'. Did you mean 'dcgan_g'?"),
+        ("model.g_args={widht: 3}", "'widht' is not an argument of dcgan_g. Did you mean 'width'?"),
+        ("loss.d=bse", "unknown loss 'bse'. Did you mean 'bce'?"),
+        ("train=3", "expected a mapping"),
+        ("train.seed", "must look like section.key=value"),
+        ("data.dataset=cifar", "'cifar' is not one of"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(override, message):
+    with pytest.raises(config.ConfigError) as err:
+        config.load(None, [override])
+    assert message in str(err.value)
+
+
+def test_base_inheritance_and_unknown_key_in_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {epochs: 7, seed: 3}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain: {seed: 4}\n")
+    cfg = config.load(tmp_path / "child.yaml")
+    assert (cfg.train.epochs, cfg.train.seed, cfg.name) == (7, 4, "child")
+    (tmp_path / "typo.yaml").write_text("trian: {seed: 4}\n")
+    with pytest.raises(config.ConfigError, match="Did you mean 'train'"):
+        config.load(tmp_path / "typo.yaml")
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(tmp_path / "bad.yaml")
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_roundtrip_through_plain_dict():
+    cfg = config.load(None, ["train.seed=5", "model.g_args={width: 32}"])
+    assert config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_dry_runs(path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "distgan.train", "--config", str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert config.from_dict(__import__("yaml").safe_load(proc.stdout)).name == path.stem
+
+
+def test_cli_reports_config_errors_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "distgan.train", "train.epoch=1", "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Did you mean 'train.epochs'" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,63 @@
+"""Models: shapes, logits, registry errors, and the weight sizes the blog states."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distgan import models
+from distgan.config import ConfigError
+
+
+@pytest.mark.parametrize("name", sorted(models.GENERATORS))
+def test_generator_shapes_and_range(name):
+    torch.manual_seed(0)
+    G = models.build_generator(name, z_dim=16).eval()
+    x = G(torch.randn(5, 16))
+    assert x.shape == (5, 1, 28, 28)
+    assert x.min() >= 0 and x.max() <= 1
+
+
+@pytest.mark.parametrize("name", sorted(models.DISCRIMINATORS))
+def test_discriminator_returns_one_logit_per_image(name):
+    D = models.build_discriminator(name).eval()
+    out = D(torch.rand(5, 1, 28, 28))
+    assert out.shape == (5,)
+    assert out.dtype == torch.float32
+
+
+# The blog's figures (../shared/seed/DIGEST.md): saved weights of each network, float32.
+BLOG_SIZES = {("g", "final_g"): 40e6, ("d", "final_d"): 5.35e3, ("g", "ref_g"): 1e6, ("d", "ref_d"): 40e6}
+
+
+@pytest.mark.parametrize("kind, name", sorted(BLOG_SIZES))
+def test_weight_sizes_match_the_blog_within_25_percent(kind, name):
+    module = models.build_generator(name, 100) if kind == "g" else models.build_discriminator(name)
+    size = models.weight_bytes(module)
+    assert 0.75 <= size / BLOG_SIZES[(kind, name)] <= 1.25, f"{name}: {size} bytes"
+
+
+def test_final_d_is_two_convs_and_one_linear():
+    D = models.build_discriminator("final_d")
+    kinds = [type(m).__name__ for m in D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert kinds == ["Conv2d", "Conv2d", "Linear"]
+    assert any(isinstance(m, torch.nn.Dropout) for m in D.modules())
+
+
+def test_ref_d_has_batchnorm1d_and_no_dropout():
+    D = models.build_discriminator("ref_d")
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in D.modules())
+    assert not any(isinstance(m, torch.nn.Dropout) for m in D.modules())
+
+
+def test_constructor_errors_become_config_errors():
+    with pytest.raises(ConfigError, match="shrink 28x28"):
+        models.build_discriminator("dcgan_d", {"channels": [8] * 6, "padding": 0})
+
+
+def test_init_is_reproducible_from_the_seed():
+    torch.manual_seed(3)
+    a = models.build_generator("dcgan_g", 8).state_dict()
+    torch.manual_seed(3)
+    b = models.build_generator("dcgan_g", 8).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

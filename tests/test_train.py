@@ -1,0 +1,124 @@
+"""End-to-end CPU training as a user runs it: files written, seeds, checkpoints, sampling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tests import wandb_reader
+from tests.conftest import REPO, tiny_overrides
+
+
+def run_module(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def train(tmp_path: Path, name: str, *extra: str, config: str = "configs/default.yaml") -> Path:
+    run_module("distgan.train", "--config", config, *tiny_overrides(tmp_path, name), *extra)
+    return tmp_path / name
+
+
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+@pytest.mark.real_data
+def test_few_step_run_writes_grid_checkpoint_metrics_and_offline_wandb(mnist_root, tmp_path):
+    run = train(tmp_path, "smoke", "train.max_steps=6", "train.log_every=4", "output.tracker=wandb")
+    assert (run / "config.yaml").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss_d" in r]
+    assert [r["step"] for r in steps] == list(range(6))
+    assert all(np.isfinite([r["loss_d"], r["loss_g"], r["d_real"], r["d_fake"]]).all() for r in steps)
+    assert 0 < steps[0]["d_real"] < 1 and 0 < steps[0]["d_fake"] < 1
+
+    grid = png(run / "samples" / "step-000006.png")
+    assert grid.shape == (8 * 30 + 2, 8 * 30 + 2) and grid.dtype == np.uint8
+
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["counters"]["step"] == 6 and state["config"]["train"]["threads"] == 2
+
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, "exactly one W&B run"
+    assert list(offline[0].glob("run-*.wandb")), "the offline run log"
+    assert list((offline[0] / "files" / "media" / "images").glob("samples_*.png")), "the grid as a W&B image"
+    run_file = next(offline[0].glob("run-*.wandb"))
+    logged = wandb_reader.history(run_file)
+    assert [r["_step"] for r in logged if "train/loss_d" in r] == list(range(6))
+    assert any(r.get("samples/_type") == "images/separated" for r in logged)
+    assert wandb_reader.config(run_file)["train"]["batch_size"] == 64
+
+
+@pytest.mark.real_data
+def test_checkpoint_loads_alone_and_sample_regenerates_the_grid_bit_exactly(mnist_root, tmp_path):
+    run = train(tmp_path, "ck", "train.max_steps=5")
+    model_file = run / "checkpoints" / "step-000005" / "model.safetensors"
+    tensors = load_file(model_file)  # safetensors alone, no distgan code, no pickle
+    assert any(k.startswith("G.") for k in tensors) and any(k.startswith("D.") for k in tensors)
+
+    out = tmp_path / "again.png"
+    run_module("distgan.sample", "--checkpoint", str(run), "--fixed-z", "--out", str(out))
+    np.testing.assert_array_equal(png(out), png(run / "samples" / "step-000005.png"))
+
+    npz = tmp_path / "s.npz"
+    run_module("distgan.sample", "--checkpoint", str(model_file), "--num", "100", "--seed", "0", "--out", str(npz))
+    imgs = np.load(npz)["images"]
+    assert imgs.shape == (100, 28, 28) and imgs.dtype == np.uint8
+
+
+@pytest.mark.real_data
+def test_same_seed_same_weights_fast(mnist_root, tmp_path):
+    a = load_file(train(tmp_path, "a", "train.max_steps=8") / "checkpoints/step-000008/model.safetensors")
+    b = load_file(train(tmp_path, "b", "train.max_steps=8") / "checkpoints/step-000008/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_one_epoch_twice_gives_byte_identical_g_and_another_seed_does_not(mnist_root, tmp_path):
+    """The acceptance check as written: default config, train.epochs=1, three runs."""
+
+    def g_bytes(run: Path) -> dict[str, bytes]:
+        tensors = load_file(run / "checkpoints" / "epoch-001" / "model.safetensors")
+        return {k: v.numpy().tobytes() for k, v in tensors.items() if k.startswith("G.")}
+
+    first = g_bytes(train(tmp_path, "s0a", "train.epochs=1"))
+    second = g_bytes(train(tmp_path, "s0b", "train.epochs=1"))
+    other = g_bytes(train(tmp_path, "s1", "train.epochs=1", "train.seed=1"))
+    assert first == second
+    assert first.keys() == other.keys() and first != other
+
+
+def test_existing_run_folder_is_never_overwritten(mnist_root, tmp_path):
+    (tmp_path / "taken" / "checkpoints").mkdir(parents=True)
+    marker = tmp_path / "taken" / "checkpoints" / "keep"
+    marker.write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "distgan.train", *tiny_overrides(tmp_path, "taken"), "train.max_steps=1"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1 and "already holds a run" in proc.stderr
+    assert marker.read_text() == "x"
