@@ -31,17 +31,15 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-def d_loss(
-    name: str,
-    real_logits: Tensor,
-    fake_logits: Tensor,
-    real_targets: Tensor,
-    fake_targets: Tensor,
-) -> Tensor:
-    """D's loss: the mean over real and fake samples together (one batch of 2B)."""
-    fn = LOSSES[name]
-    n_real, n_fake = real_logits.numel(), fake_logits.numel()
-    return (fn(real_logits, real_targets) * n_real + fn(fake_logits, fake_targets) * n_fake) / (n_real + n_fake)
+def d_term(name: str, logits: Tensor, targets: Tensor) -> Tensor:
+    """D's loss on one kind of input (real or fake). D's loss is the real term plus the fake term, each
+    half of that loss on its own batch; kept apart so a D with BatchNorm can see real and fake separately."""
+    return 0.5 * LOSSES[name](logits, targets)
+
+
+def d_loss(name: str, real_logits: Tensor, fake_logits: Tensor, real_targets: Tensor, fake_targets: Tensor) -> Tensor:
+    """D's loss: the mean of the real and fake terms."""
+    return d_term(name, real_logits, real_targets) + d_term(name, fake_logits, fake_targets)
 
 
 def g_loss(name: str, fake_logits: Tensor) -> Tensor:

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)  # the run's thread count, for bit-exact CPU results
+    torch.set_flush_denormal(cfg.train.flush_denormal)
     if args.fixed_z:
         z = fixed_z(cfg.model.z_dim, cfg.output.grid_seed)
     else:

@@ -2,9 +2,11 @@
 
 Notation: G generator, D discriminator, z noise, real / fake image batches, logits = D's raw outputs.
 
-D step: fake = G(z) without a graph; ONE D forward on cat(real, fake), so a D with BatchNorm never runs
-twice before its backward (two forwards + DDP's buffer broadcast raise "modified by an inplace
-operation"); loss in float32 on logits; backward through accelerate (scaling, DDP all-reduce of D).
+D step: fake = G(z) without a graph; ONE D forward on cat(real, fake) and one backward ("joint"), or,
+for a D with BatchNorm, real and fake each through its own forward and backward ("separate"), so BN
+sees unmixed batches as in a plain loop. Either way D never runs twice before a backward (two forwards
++ DDP's buffer broadcast raise "modified by an inplace operation"). Loss in float32 on logits;
+backward through accelerate (loss scaling, DDP all-reduce of D's gradients).
 
 G step: D frozen (requires_grad False) and its forward inside ``accelerator.no_sync(D)``: D's
 parameters get no gradient and DDP all-reduces nothing for D; only G's gradients are reduced.
@@ -33,20 +35,35 @@ class GANSteps:
         opt_d: torch.optim.Optimizer,
         loss_d: str,
         loss_g: str,
+        separate_d_forward: bool = False,
     ):
         self.acc, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
+        self.separate = separate_d_forward
         self.loss_d, self.loss_g = loss_d, loss_g
         self.skipped = {"d": 0, "g": 0}
 
     def d_step(self, real: Tensor, z: Tensor, real_targets: Tensor, fake_targets: Tensor) -> tuple[Tensor, ...]:
         """One D update. Returns detached (loss, mean D(real), mean D(fake)) without syncing the host."""
         with torch.no_grad():
-            fake = self.G(z)
-        logits = self.D(torch.cat([real, fake.to(real.dtype)])).float()
-        real_logits, fake_logits = logits.split([len(real), len(fake)])
-        loss = losses.d_loss(self.loss_d, real_logits, fake_logits, real_targets, fake_targets)
+            fake = self.G(z).to(real.dtype)
         self.opt_d.zero_grad(set_to_none=True)
-        self.acc.backward(loss)
+        if self.separate:
+            # BatchNorm in D: real and fake get their own batch statistics, as in a plain loop. Each forward
+            # is followed by its own backward (so DDP's buffer broadcast never lands between a forward and
+            # its backward); the first backward skips the all-reduce, the second reduces the summed grads.
+            with self.acc.no_sync(self.D):
+                real_logits = self.D(real).float()
+                real_term = losses.d_term(self.loss_d, real_logits, real_targets)
+                self.acc.backward(real_term)
+            fake_logits = self.D(fake).float()
+            fake_term = losses.d_term(self.loss_d, fake_logits, fake_targets)
+            self.acc.backward(fake_term)
+            loss = real_term.detach() + fake_term.detach()
+        else:
+            logits = self.D(torch.cat([real, fake])).float()
+            real_logits, fake_logits = logits.split([len(real), len(fake)])
+            loss = losses.d_loss(self.loss_d, real_logits, fake_logits, real_targets, fake_targets)
+            self.acc.backward(loss)
         self.opt_d.step()
         self._count_skip("d", self.opt_d)
         with torch.no_grad():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 import time
@@ -29,26 +30,10 @@ from tqdm.auto import tqdm
 
 from distgan import __version__, checkpoint, config, data, images, models
 from distgan.batches import DeviceImages, epoch_permutation, shard
+from distgan.dist import LaunchError, RankMismatch, check_ranks_agree, check_shards, check_world, sync_buffers
 from distgan.rng import StepNoise, fixed_z, stream_seed
 from distgan.steps import GANSteps
 from distgan.tracking import RunLog, StepBuffer
-
-
-class LaunchError(RuntimeError):
-    """The processes were started in a way that would not train what the user asked for."""
-
-
-def check_world(accelerator: Accelerator) -> None:
-    """Fail fast when the launcher started N processes that do not form one group of N."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise LaunchError(
-            f"the launcher started {launched} processes but each sees a world of {accelerator.num_processes} "
-            f"({accelerator.distributed_type}): they would train {launched} separate copies. On a machine "
-            "without GPUs, run N cooperating CPU processes with\n"
-            "  accelerate launch --config_file launch/cpu_2proc.yaml -m distgan.train --config ...\n"
-            "or set ACCELERATE_USE_CPU=1 before torchrun."
-        )
 
 
 def resolve_threads(cfg: config.Config) -> int:
@@ -73,6 +58,20 @@ def make_run_dir(cfg: config.Config, accelerator: Accelerator) -> Path:
                 f"cannot create the run folder {run_dir} ({e}); set output.dir to a writable folder"
             ) from None
     return run_dir
+
+
+def has_batchnorm(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def make_adam(module: torch.nn.Module, opt: config.AdamConfig) -> torch.optim.Adam:
+    """Adam with the fused kernel (CPU and CUDA, torch >= 2.4): the per-tensor loop costs a quarter of a
+    small model's step on a CPU."""
+    kwargs = {"lr": opt.lr, "betas": opt.betas, "weight_decay": opt.weight_decay}
+    try:
+        return torch.optim.Adam(module.parameters(), fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # an older torch or an unsupported device
+        return torch.optim.Adam(module.parameters(), foreach=True, **kwargs)
 
 
 def sample_grid(G: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -107,7 +106,14 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     world, rank = accelerator.num_processes, accelerator.process_index
     cfg.train.threads = resolve_threads(cfg)
     torch.set_num_threads(cfg.train.threads)  # 1 vs 2 threads give different results on CPU: fix and record
+    torch.set_flush_denormal(cfg.train.flush_denormal)  # no effect on GPUs; a no-op where unsupported
     cfg.train.mixed_precision = accelerator.mixed_precision
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate accepts it but has no CPU fp16 autocast and no scaler: the run would be float32 in disguise.
+        raise config.ConfigError(
+            "mixed_precision=fp16 is not available on the CPU (accelerate would silently train in float32); "
+            "use train.mixed_precision=bf16 on a CPU, or fp16 on a GPU"
+        )
     if cfg.train.batch_size % world:
         raise config.ConfigError(
             f"train.batch_size={cfg.train.batch_size} (global) is not divisible by {world} processes; "
@@ -134,18 +140,21 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     # ---- models and optimisers: identical init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(stream_seed(cfg.train.seed, "init"))
     G, D = models.build_pair(cfg.model)
+    if cfg.model.sync_bn:
+        if accelerator.device.type != "cuda":
+            raise config.ConfigError(
+                "model.sync_bn=true needs CUDA GPUs (SyncBatchNorm has no CPU/gloo kernel); set model.sync_bn=false"
+            )
+        G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
     G_raw, D_raw = G, D
-    opt_g = torch.optim.Adam(
-        G.parameters(), lr=cfg.optim.g.lr, betas=cfg.optim.g.betas, weight_decay=cfg.optim.g.weight_decay
-    )
-    opt_d = torch.optim.Adam(
-        D.parameters(), lr=cfg.optim.d.lr, betas=cfg.optim.d.betas, weight_decay=cfg.optim.d.weight_decay
-    )
+    opt_g, opt_d = make_adam(G, cfg.optim.g), make_adam(D, cfg.optim.d)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     torch.manual_seed(stream_seed(cfg.train.seed, "torch", rank))  # dropout masks: differ per rank, reproducibly
-    gan = GANSteps(accelerator, G, D, opt_g, opt_d, cfg.loss.d, cfg.loss.g)
+    separate = cfg.train.d_forward == "separate" or (cfg.train.d_forward == "auto" and has_batchnorm(D_raw))
+    gan = GANSteps(accelerator, G, D, opt_g, opt_d, cfg.loss.d, cfg.loss.g, separate_d_forward=separate)
     noise = StepNoise(cfg.train.seed, cfg.model.z_dim, cfg.train.batch_size, world, rank, accelerator.device)
     grid_z = fixed_z(cfg.model.z_dim, cfg.output.grid_seed)
+    versions = {"distgan": __version__, "torch": torch.__version__}
 
     log = RunLog(accelerator, run_dir, resolved, cfg.output.tracker == "wandb", cfg.output.wandb_project)
     buffer = StepBuffer(accelerator.device, cfg.train.log_every)
@@ -165,28 +174,35 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             last = rows[-1]
             bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}", refresh=False)
 
-    def end_of_epoch(epoch_done: int, step: int, tag: str) -> None:
+    def maintenance(epoch_done: int, step: int, tag: str, grid: bool, save: bool) -> None:
+        """Flush metrics; on the main process write the fixed-z grid and/or a checkpoint."""
         flush()
         nimg = step * cfg.train.d_steps * cfg.train.batch_size
-        counters = {
-            "epoch": epoch_done,
-            "step": step,
-            "nimg": nimg,
-            "d_updates": step * cfg.train.d_steps,
-            "g_updates": step * cfg.train.g_steps,
-            "skipped_fp16_steps": dict(gan.skipped),
-        }
+        sync_buffers(accelerator, G_raw, D_raw)  # collective: BatchNorm statistics as DDP's next forward would set them
+        rank_checksums = check_ranks_agree(accelerator, G=G_raw, D=D_raw) if save else None  # collective
         if accelerator.is_main_process:
-            picture = sample_grid(G_raw, grid_z)
-            png = images.save_png(picture, run_dir / "samples" / f"{tag}.png")
-            log.image("samples", picture, step)
-            info = {
-                "config": resolved,
-                "counters": counters,
-                "versions": {"distgan": __version__, "torch": torch.__version__},
-            }
-            checkpoint.save(run_dir / "checkpoints", tag, checkpoint.state_tensors(G=G_raw, D=D_raw), info)
-            log.event({"step": step, "epoch": epoch_done, "nimg": nimg, "sample": str(png.relative_to(run_dir))})
+            event = {"step": step, "epoch": epoch_done, "nimg": nimg}
+            if accelerator.scaler is not None:  # fp16: one scaler for both optimizers; report what it skipped
+                event["skipped_fp16_steps"] = dict(gan.skipped)
+            if grid:
+                picture = sample_grid(G_raw, grid_z)
+                png = images.save_png(picture, run_dir / "samples" / f"{tag}.png")
+                log.image("samples", picture, step)
+                event["sample"] = str(png.relative_to(run_dir))
+            if save:
+                counters = {
+                    "epoch": epoch_done,
+                    "step": step,
+                    "nimg": nimg,
+                    "d_updates": step * cfg.train.d_steps,
+                    "g_updates": step * cfg.train.g_steps,
+                    "skipped_fp16_steps": dict(gan.skipped),
+                    "rank_checksums": rank_checksums,
+                }
+                info = {"config": resolved, "counters": counters, "versions": versions}
+                path = checkpoint.save(run_dir / "checkpoints", tag, checkpoint.state_tensors(G=G_raw, D=D_raw), info)
+                event["checkpoint"] = str(path.relative_to(run_dir))
+            log.event(event)
         accelerator.wait_for_everyone()
 
     # ---- the loop
@@ -194,6 +210,7 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     for epoch in range(cfg.train.epochs):
         idx = shard(epoch_permutation(len(real_images), cfg.train.seed, epoch), cfg.train.batch_size, world, rank)
         idx = idx.to(accelerator.device)
+        log.event({"step": step, "epoch": epoch, "shards": check_shards(accelerator, idx, len(real_images))})
         for i in range(steps_per_epoch):
             d_out = []
             for k in range(cfg.train.d_steps):
@@ -210,18 +227,31 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
                 flush()  # the only host sync of the loop: every log_every steps
             if step == total_steps:
                 break
-        epoch_done = epoch + 1
         finished = step == total_steps
         if step == (epoch + 1) * steps_per_epoch:  # a whole epoch
-            if epoch_done % cfg.output.checkpoint_every_epochs == 0 or finished:
-                end_of_epoch(epoch_done, step, f"epoch-{epoch_done:03d}")
+            done = epoch + 1
+            grid = done % cfg.output.sample_every_epochs == 0 or finished
+            save = done % cfg.output.checkpoint_every_epochs == 0 or finished
+            if grid or save:
+                maintenance(done, step, f"epoch-{done:03d}", grid, save)
         elif finished:  # stopped by max_steps mid-epoch: still leave a grid and a checkpoint
-            end_of_epoch(epoch, step, f"step-{step:06d}")
+            maintenance(epoch, step, f"step-{step:06d}", grid=True, save=True)
         if finished:
             break
     bar.close()
     elapsed = time.perf_counter() - t0
     nimg = step * cfg.train.d_steps * cfg.train.batch_size
+    if accelerator.is_main_process:
+        summary = {
+            "steps": step,
+            "nimg": nimg,
+            "seconds": round(elapsed, 3),
+            "img_per_s": round(nimg / elapsed, 1),
+            "world": world,
+            "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.print(
         f"done: {step} steps, {nimg} real images in {elapsed:.1f} s ({nimg / elapsed:.0f} img/s); {run_dir}"
     )
@@ -249,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         train(cfg)
-    except (config.ConfigError, data.DataError, LaunchError, FileExistsError, OSError) as e:
+    except (config.ConfigError, data.DataError, LaunchError, RankMismatch, FileExistsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

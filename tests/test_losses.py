@@ -17,12 +17,13 @@ def test_bce_matches_hand_computation():
     assert abs(losses.bce(logits, targets).item() - expected) < 1e-6
 
 
-def test_d_loss_is_the_mean_over_real_and_fake():
-    real, fake = torch.tensor([1.0, -1.0, 0.5]), torch.tensor([0.3])
-    rt, ft = torch.full((3,), 0.9), torch.zeros(1)
+def test_d_loss_is_the_mean_over_real_and_fake_batches():
+    real, fake = torch.tensor([1.0, -1.0, 0.5]), torch.tensor([0.3, -0.2, 2.0])
+    rt, ft = torch.full((3,), 0.9), torch.zeros(3)
     got = losses.d_loss("bce", real, fake, rt, ft)
-    want = losses.bce(torch.cat([real, fake]), torch.cat([rt, ft]))
+    want = losses.bce(torch.cat([real, fake]), torch.cat([rt, ft]))  # equal halves: the mean over all 2B
     assert torch.allclose(got, want)
+    assert torch.allclose(got, losses.d_term("bce", real, rt) + losses.d_term("bce", fake, ft))
 
 
 def test_g_loss_is_non_saturating():

@@ -122,3 +122,31 @@ def test_existing_run_folder_is_never_overwritten(mnist_root, tmp_path):
     )
     assert proc.returncode == 1 and "already holds a run" in proc.stderr
     assert marker.read_text() == "x"
+
+
+@pytest.mark.real_data
+def test_bf16_trains_on_cpu_with_float32_losses(mnist_root, tmp_path):
+    run = train(tmp_path, "bf16", "train.max_steps=5", "train.mixed_precision=bf16")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_d"]) and np.isfinite(r["loss_g"]) for r in rows if "loss_d" in r)
+    assert "mixed_precision: bf16" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.mixed_precision=fp16", "fp16 is not available on the CPU"),
+        ("model.sync_bn=true", "model.sync_bn=true needs CUDA GPUs"),
+        ("train.batch_size=70000", "exceeds the dataset"),
+    ],
+)
+def test_settings_the_cpu_cannot_honour_are_refused(mnist_root, tmp_path, override, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "distgan.train", *tiny_overrides(tmp_path, "x"), "train.max_steps=2", override],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "x" / "checkpoints").exists()

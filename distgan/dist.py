@@ -1,0 +1,96 @@
+"""Distributed self-checks: the launch formed one group, the ranks read disjoint data, the ranks agree.
+
+Each check is collective (call it on every rank) and fails loudly rather than letting N processes train
+N silent copies, or save weights that differ between ranks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+
+class LaunchError(RuntimeError):
+    """The processes were started in a way that would not train what the user asked for."""
+
+
+class RankMismatch(RuntimeError):
+    """Ranks disagree about something that must be identical (weights, data shards)."""
+
+
+MULTI_CPU_HINT = (
+    "On a machine without GPUs, start N cooperating CPU processes with\n"
+    "  launch/cpu_multi.sh --config configs/default.yaml        (NPROC=2 by default)\n"
+    "or prefix torchrun with ACCELERATE_USE_CPU=1. Plain `accelerate launch --cpu --num_processes N` starts one."
+)
+
+
+def check_world(accelerator: Accelerator) -> None:
+    """The launcher's WORLD_SIZE must be the accelerator's process count."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise LaunchError(
+            f"the launcher started {launched} processes but each one sees a world of {accelerator.num_processes} "
+            f"({accelerator.distributed_type.value}): they would train {launched} separate copies. {MULTI_CPU_HINT}"
+        )
+
+
+def check_shards(accelerator: Accelerator, idx: Tensor, n_images: int) -> dict:
+    """Gather every rank's epoch indices and check they are disjoint, equal in length, and cover the epoch
+    but for less than one global batch. Returns a summary for the log."""
+    everything = accelerator.gather(idx.reshape(1, -1))  # (world, per_rank_images)
+    world, per_rank = everything.shape
+    distinct = int(torch.unique(everything).numel())
+    total = world * per_rank
+    global_batch = world * idx.shape[-1]
+    summary = {"ranks": world, "per_rank": per_rank, "distinct": distinct, "dropped": n_images - distinct}
+    if distinct != total or n_images - total >= global_batch:
+        raise RankMismatch(f"data shards overlap or miss images: {summary}")
+    return summary
+
+
+def checksums(*modules: nn.Module) -> Tensor:
+    """Per tensor, sum and sum of squares in float64: equal weights give equal numbers on every rank."""
+    values = [
+        stat
+        for module in modules
+        for t in list(module.parameters()) + list(module.buffers())
+        for stat in (t.detach().double().sum(), t.detach().double().square().sum())
+    ]
+    return torch.stack(values)
+
+
+def sync_buffers(accelerator: Accelerator, *modules: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts buffers at the start of each forward, but the forward then updates them with the
+    rank's own batch, so between steps they differ; before saving or comparing we do what the next
+    forward would have done.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for module in modules:
+        for buf in module.buffers():
+            torch.distributed.broadcast(buf.data, src=0)
+
+
+def check_ranks_agree(accelerator: Accelerator, **modules: nn.Module) -> list[float]:
+    """Fail unless every rank holds identical weights and buffers; returns each rank's total checksum."""
+    parts = {name: checksums(m) for name, m in modules.items()}
+    local = torch.cat(list(parts.values())).to(accelerator.device)
+    everyone = accelerator.gather(local.reshape(1, -1)).cpu()  # (world, n)
+    differs = (everyone != everyone[0]).any(0)
+    bad, start = [], 0
+    for name, part in parts.items():
+        if differs[start : start + len(part)].any():
+            bad.append(name)
+        start += len(part)
+    if bad:
+        raise RankMismatch(
+            f"ranks hold different {' and '.join(bad)} weights before saving: a bug in the distributed "
+            "update. Please report it with the run's config.yaml; no checkpoint was written."
+        )
+    return everyone.sum(1).tolist()
