@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 ARGS   ?=
 
-.PHONY: help install data data-fashion train test test-fast lint format clean
+.PHONY: help install data data-fashion train test test-fast stress lint format clean
 
 help:
 	@echo "make train   install, prepare MNIST, train $(CONFIG) (ARGS='train.epochs=1' to override)"
 	@echo "make test    install, prepare MNIST, lint, run the test suite"
-	@echo "make data | data-fashion | lint | format | clean"
+	@echo "make data | data-fashion | test-fast | stress | lint | format | clean"
 
 install: $(STAMP)
 
@@ -36,7 +36,11 @@ test: data lint
 	$(PY) -m pytest
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not stress"
+
+# The 2-process CPU recipe launched 20 times in a row: it must never abort at exit.
+stress: data
+	$(PY) -m pytest -m stress -v
 
 lint: install
 	$(VENV)/bin/ruff check distgan tests
