@@ -32,6 +32,8 @@ class DataConfig:
     """Which dataset to train on; prepared under ``root`` by ``python -m distgan.data``."""
     root: str = "data"
     """Folder holding ``MNIST/raw/`` (torchvision's layout)."""
+    limit: int | None = None
+    """Train on the first N training images only (smoke tests, quick looks); null: all of them."""
 
 
 @dataclass
@@ -46,6 +48,8 @@ class ModelConfig:
     """Extra keyword arguments for the generator's constructor (checked against its signature)."""
     d_args: dict = field(default_factory=dict)
     """Extra keyword arguments for the discriminator's constructor."""
+    ema_decay: float | None = None
+    """Keep an exponential moving average of G's weights (e.g. 0.999) for grids, samples and checkpoints."""
     sync_bn: bool = False
     """Multi-GPU: BatchNorm statistics over the global batch (SyncBatchNorm). Refused on CPU."""
 
@@ -60,6 +64,12 @@ class LossConfig:
     """D's target for real images, drawn uniformly per sample in [low, high]; (1, 1) means none."""
     fake_label: tuple[float, float] = (0.0, 0.0)
     """D's target for generated images, drawn uniformly per sample in [low, high]."""
+    swap_prob: float = 0.0
+    """Label swapping: each sample's real and fake targets trade places with this probability."""
+    swap_schedule: Literal["constant", "linear"] = "constant"
+    """constant: swap_prob until swap_until; linear: from swap_prob at the start down to 0 at swap_until."""
+    swap_until: float = 1.0
+    """Fraction of training (D updates) after which no label is swapped (the blog's v3.2_: 0.5)."""
 
 
 @dataclass
@@ -320,6 +330,7 @@ def validate(cfg: Config) -> None:
         f"train.threads must be >= 1 or null, got {t.threads}",
     )
     need(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    need(cfg.data.limit is None or cfg.data.limit >= 1, f"data.limit must be >= 1 or null, got {cfg.data.limit}")
     need(cfg.model.z_dim >= 1, f"model.z_dim must be >= 1, got {cfg.model.z_dim}")
     for name in ("real_label", "fake_label"):
         lo, hi = getattr(cfg.loss, name)
@@ -327,6 +338,10 @@ def validate(cfg: Config) -> None:
             0.0 <= lo <= hi <= 1.0,
             f"loss.{name} must satisfy 0 <= low <= high <= 1, got [{lo}, {hi}]",
         )
+    need(0.0 <= cfg.loss.swap_prob <= 1.0, f"loss.swap_prob must lie in [0, 1], got {cfg.loss.swap_prob}")
+    need(0.0 < cfg.loss.swap_until <= 1.0, f"loss.swap_until must lie in (0, 1], got {cfg.loss.swap_until}")
+    ema = cfg.model.ema_decay
+    need(ema is None or 0.0 < ema < 1.0, f"model.ema_decay must lie in (0, 1) or be null, got {ema}")
     for net in ("g", "d"):
         a: AdamConfig = getattr(cfg.optim, net)
         need(a.lr > 0, f"optim.{net}.lr must be > 0, got {a.lr}")
@@ -357,7 +372,8 @@ def check_registries(cfg: Config) -> None:
         name = getattr(cfg.loss, net)
         if name not in losses.LOSSES:
             raise ConfigError(
-                f"loss.{net}: unknown loss '{name}'.{_suggest(name, losses.LOSSES)} Choose from {', '.join(losses.LOSSES)}"
+                f"loss.{net}: unknown loss '{name}'.{_suggest(name, losses.LOSSES)} "
+                f"Choose from {', '.join(losses.LOSSES)}"
             )
 
 

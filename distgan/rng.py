@@ -45,15 +45,37 @@ class StepNoise:
             return torch.full((n,), low, device=self.device)
         return torch.empty(n, device=self.device).uniform_(low, high, generator=self.gen)
 
-    def d_step(self, index: int, real_label: tuple[float, float], fake_label: tuple[float, float]):
-        """(z, real_targets, fake_targets) for D update number ``index``."""
+    def d_step(
+        self,
+        index: int,
+        real_label: tuple[float, float],
+        fake_label: tuple[float, float],
+        swap_prob: float = 0.0,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(z, real_targets, fake_targets) for D update number ``index``.
+
+        Targets are drawn uniformly in their ranges (smoothing); with probability ``swap_prob`` a sample's
+        real and fake targets trade places (label swapping), independently per sample and side.
+        """
         self._reseed("d", index)
         z = torch.randn(self.global_batch, self.z_dim, device=self.device, generator=self.gen)
         real_t = self._uniform(*real_label)
         fake_t = self._uniform(*fake_label)
+        if swap_prob > 0:
+            swap = torch.rand(2, self.global_batch, device=self.device, generator=self.gen) < swap_prob
+            real_t, fake_t = torch.where(swap[0], fake_t, real_t), torch.where(swap[1], real_t, fake_t)
         return z[self.rows], real_t[self.rows], fake_t[self.rows]
 
     def g_step(self, index: int) -> Tensor:
         """z for G update number ``index``."""
         self._reseed("g", index)
         return torch.randn(self.global_batch, self.z_dim, device=self.device, generator=self.gen)[self.rows]
+
+
+def swap_rate(prob: float, schedule: str, until: float, progress: float) -> float:
+    """The label-swap probability at ``progress`` (fraction of training done, 0..1)."""
+    if progress >= until:
+        return 0.0
+    if schedule == "linear":
+        return prob * (1.0 - progress / until)
+    return prob

@@ -21,12 +21,16 @@ from distgan import checkpoint, config, images, models
 from distgan.rng import fixed_z, stream_seed
 
 
-def load_generator(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, config.Config]:
-    """G in eval mode, and the run's config, from a run folder, checkpoint folder or model file."""
+def load_generator(
+    path: str | Path, device: str = "cpu", use_ema: bool = True
+) -> tuple[torch.nn.Module, config.Config]:
+    """G in eval mode (its EMA where the run kept one), and the run's config, from a run folder,
+    checkpoint folder or model file."""
     tensors, info = checkpoint.load(path)
     cfg = config.from_dict(info["config"])
     G = models.build_generator(cfg.model.g, cfg.model.z_dim, cfg.model.g_args)
-    G.load_state_dict(checkpoint.module_state(tensors, "G"))
+    prefix = "G_ema" if use_ema and any(k.startswith("G_ema.") for k in tensors) else "G"
+    G.load_state_dict(checkpoint.module_state(tensors, prefix))
     return G.to(device).eval(), cfg
 
 
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-z", action="store_true", help="use the training grid's fixed z (64 images)")
     p.add_argument("--out", required=True, help="samples.npz or grid.png")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-ema", action="store_true", help="use the raw G even where the run kept an EMA of it")
     args = p.parse_args(argv)
     out = Path(args.out)
     if out.suffix not in (".npz", ".png"):
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num < 1:
         p.error("--num must be >= 1")
     try:
-        G, cfg = load_generator(args.checkpoint, args.device)
+        G, cfg = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
     except (checkpoint.CheckpointError, config.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -18,6 +18,8 @@ skipped steps are counted and logged.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
@@ -39,6 +41,9 @@ class GANSteps:
     ):
         self.acc, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
         self.separate = separate_d_forward
+        self.d_updates = 0
+        self.g_updates = 0
+        self.ema: EMA | None = None
         self.loss_d, self.loss_g = loss_d, loss_g
         self.skipped = {"d": 0, "g": 0}
 
@@ -65,6 +70,7 @@ class GANSteps:
             loss = losses.d_loss(self.loss_d, real_logits, fake_logits, real_targets, fake_targets)
             self.acc.backward(loss)
         self.opt_d.step()
+        self.d_updates += 1
         self._count_skip("d", self.opt_d)
         with torch.no_grad():
             return loss.detach(), real_logits.sigmoid().mean(), fake_logits.sigmoid().mean()
@@ -81,10 +87,29 @@ class GANSteps:
         finally:
             self.D.requires_grad_(True)
         self.opt_g.step()
+        self.g_updates += 1
         self._count_skip("g", self.opt_g)
+        if self.ema is not None:
+            self.ema.update()
         return loss.detach()
 
     def _count_skip(self, net: str, opt) -> None:
         # Only fp16 has a scaler; reading step_was_skipped syncs the host, so never touch it otherwise.
         if self.acc.scaler is not None and getattr(opt, "step_was_skipped", False):
             self.skipped[net] += 1
+
+
+class EMA:
+    """An exponential moving average of G's weights: ema = decay * ema + (1 - decay) * G after each G
+    update; buffers (BatchNorm statistics) are copied. Identical on every rank, since G is."""
+
+    def __init__(self, G: nn.Module, decay: float):
+        self.source, self.decay = G, decay
+        self.model = copy.deepcopy(G).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in self.source.parameters()], 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), self.source.buffers(), strict=True):
+            e.copy_(b)

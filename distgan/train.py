@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from distgan import __version__, checkpoint, config, data, images, models
 from distgan.batches import DeviceImages, epoch_permutation, shard
 from distgan.dist import LaunchError, RankMismatch, check_ranks_agree, check_shards, check_world, sync_buffers
-from distgan.rng import StepNoise, fixed_z, stream_seed
-from distgan.steps import GANSteps
+from distgan.rng import StepNoise, fixed_z, stream_seed, swap_rate
+from distgan.steps import EMA, GANSteps
 from distgan.tracking import RunLog, StepBuffer
 
 
@@ -129,6 +129,8 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     with accelerator.main_process_first():
         data.prepare(cfg.data.dataset, cfg.data.root, log=lambda m: accelerator.print(m))
     train_images, _ = data.load_split(cfg.data.dataset, cfg.data.root, train=True)
+    if cfg.data.limit is not None:
+        train_images = train_images[: cfg.data.limit]
     real_images = DeviceImages(train_images, accelerator.device)
     steps_per_epoch = len(real_images) // (cfg.train.batch_size * cfg.train.d_steps)
     if steps_per_epoch == 0:
@@ -147,11 +149,18 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             )
         G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
     G_raw, D_raw = G, D
+    # The EMA copy is made before prepare(): under mixed precision accelerate patches G's forward in place.
+    ema = EMA(G_raw, cfg.model.ema_decay) if cfg.model.ema_decay else None
     opt_g, opt_d = make_adam(G, cfg.optim.g), make_adam(D, cfg.optim.d)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    if ema is not None:
+        ema.model.to(accelerator.device)
     torch.manual_seed(stream_seed(cfg.train.seed, "torch", rank))  # dropout masks: differ per rank, reproducibly
     separate = cfg.train.d_forward == "separate" or (cfg.train.d_forward == "auto" and has_batchnorm(D_raw))
     gan = GANSteps(accelerator, G, D, opt_g, opt_d, cfg.loss.d, cfg.loss.g, separate_d_forward=separate)
+    gan.ema = ema
+    nets = {"G": G_raw, "D": D_raw, **({"G_ema": ema.model} if ema else {})}  # what checkpoints hold
+    G_show = ema.model if ema else G_raw  # what grids show
     noise = StepNoise(cfg.train.seed, cfg.model.z_dim, cfg.train.batch_size, world, rank, accelerator.device)
     grid_z = fixed_z(cfg.model.z_dim, cfg.output.grid_seed)
     versions = {"distgan": __version__, "torch": torch.__version__}
@@ -161,6 +170,7 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
+    total_d = total_steps * cfg.train.d_steps  # the swap schedule's "fraction of training" counts D updates
     accelerator.print(
         f"distgan {__version__}: {cfg.name} on {world} x {accelerator.device} ({accelerator.distributed_type}, "
         f"{accelerator.mixed_precision}), {total_steps} steps of {cfg.train.batch_size} images, run folder {run_dir}"
@@ -178,14 +188,14 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
         """Flush metrics; on the main process write the fixed-z grid and/or a checkpoint."""
         flush()
         nimg = step * cfg.train.d_steps * cfg.train.batch_size
-        sync_buffers(accelerator, G_raw, D_raw)  # collective: BatchNorm statistics as DDP's next forward would set them
-        rank_checksums = check_ranks_agree(accelerator, G=G_raw, D=D_raw) if save else None  # collective
+        sync_buffers(accelerator, *nets.values())  # collective: BatchNorm statistics as DDP's next forward sets them
+        rank_checksums = check_ranks_agree(accelerator, **nets) if save else None  # collective
         if accelerator.is_main_process:
             event = {"step": step, "epoch": epoch_done, "nimg": nimg}
             if accelerator.scaler is not None:  # fp16: one scaler for both optimizers; report what it skipped
                 event["skipped_fp16_steps"] = dict(gan.skipped)
             if grid:
-                picture = sample_grid(G_raw, grid_z)
+                picture = sample_grid(G_show, grid_z)
                 png = images.save_png(picture, run_dir / "samples" / f"{tag}.png")
                 log.image("samples", picture, step)
                 event["sample"] = str(png.relative_to(run_dir))
@@ -194,13 +204,13 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
                     "epoch": epoch_done,
                     "step": step,
                     "nimg": nimg,
-                    "d_updates": step * cfg.train.d_steps,
-                    "g_updates": step * cfg.train.g_steps,
+                    "d_updates": gan.d_updates,
+                    "g_updates": gan.g_updates,
                     "skipped_fp16_steps": dict(gan.skipped),
                     "rank_checksums": rank_checksums,
                 }
                 info = {"config": resolved, "counters": counters, "versions": versions}
-                path = checkpoint.save(run_dir / "checkpoints", tag, checkpoint.state_tensors(G=G_raw, D=D_raw), info)
+                path = checkpoint.save(run_dir / "checkpoints", tag, checkpoint.state_tensors(**nets), info)
                 event["checkpoint"] = str(path.relative_to(run_dir))
             log.event(event)
         accelerator.wait_for_everyone()
@@ -215,7 +225,8 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             d_out = []
             for k in range(cfg.train.d_steps):
                 d_index = step * cfg.train.d_steps + k
-                z, real_t, fake_t = noise.d_step(d_index, cfg.loss.real_label, cfg.loss.fake_label)
+                p_swap = swap_rate(cfg.loss.swap_prob, cfg.loss.swap_schedule, cfg.loss.swap_until, d_index / total_d)
+                z, real_t, fake_t = noise.d_step(d_index, cfg.loss.real_label, cfg.loss.fake_label, p_swap)
                 real = real_images.batch(idx[i * cfg.train.d_steps + k])
                 d_out.append(torch.stack(gan.d_step(real, z, real_t, fake_t)))
             g_out = [gan.g_step(noise.g_step(step * cfg.train.g_steps + k)) for k in range(cfg.train.g_steps)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distgan.batches import DeviceImages, epoch_permutation, shard
-from distgan.rng import StepNoise, fixed_z
+from distgan.rng import StepNoise, fixed_z, swap_rate
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -69,3 +69,39 @@ def test_noise_is_a_function_of_seed_and_step_only():
 def test_fixed_z_is_shared_across_configs_with_one_latent_size():
     assert torch.equal(fixed_z(64), fixed_z(64)) and fixed_z(64).shape == (64, 64)
     assert not torch.equal(fixed_z(64, seed=0), fixed_z(64, seed=1))
+
+
+def test_fixed_and_random_smoothing_ranges():
+    noise = StepNoise(0, 4, 4096, 1, 0, "cpu")
+    _, rt, ft = noise.d_step(0, (0.9, 0.9), (0.1, 0.1))
+    assert torch.all(rt == 0.9) and torch.all(ft == 0.1)
+    _, rt, ft = noise.d_step(1, (0.7, 1.0), (0.0, 0.3))
+    assert rt.min() >= 0.7 and rt.max() <= 1.0 and ft.min() >= 0.0 and ft.max() <= 0.3
+    assert rt.std() > 0.05 and abs(rt.mean().item() - 0.85) < 0.01  # uniform, not a constant
+
+
+def test_label_swapping_is_per_sample_and_seeded():
+    noise = StepNoise(0, 4, 4096, 1, 0, "cpu")
+    _, rt, ft = noise.d_step(0, (1.0, 1.0), (0.0, 0.0), swap_prob=0.25)
+    assert abs((rt == 0).float().mean().item() - 0.25) < 0.03
+    assert abs((ft == 1).float().mean().item() - 0.25) < 0.03
+    again = StepNoise(0, 4, 4096, 1, 0, "cpu").d_step(0, (1.0, 1.0), (0.0, 0.0), swap_prob=0.25)
+    assert torch.equal(rt, again[1]) and torch.equal(ft, again[2])
+    _, rt, ft = noise.d_step(0, (1.0, 1.0), (0.0, 0.0), swap_prob=1.0)
+    assert torch.all(rt == 0) and torch.all(ft == 1)
+
+
+@pytest.mark.parametrize(
+    "schedule, progress, rate",
+    [
+        ("constant", 0.0, 0.2),
+        ("constant", 0.49, 0.2),
+        ("constant", 0.5, 0.0),
+        ("linear", 0.0, 0.2),
+        ("linear", 0.25, 0.1),  # midway to the cut-off
+        ("linear", 0.5, 0.0),
+        ("linear", 0.9, 0.0),  # after the cut-off
+    ],
+)
+def test_swap_schedule(schedule, progress, rate):
+    assert abs(swap_rate(0.2, schedule, 0.5, progress) - rate) < 1e-12

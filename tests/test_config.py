@@ -42,7 +42,7 @@ def test_int_is_accepted_where_a_float_is_expected():
         ("train.mixed_precision=fp8", "'fp8' is not one of"),
         ("model.g=dcgan_gg", "unknown model 'dcgan_gg'. Did you mean 'dcgan_g'?"),
         ("model.g_args={widht: 3}", "'widht' is not an argument of dcgan_g. Did you mean 'width'?"),
-        ("loss.d=bse", "unknown loss 'bse'. Did you mean 'bce'?"),
+        ("loss.d=bcee", "unknown loss 'bcee'. Did you mean 'bce'?"),
         ("train=3", "expected a mapping"),
         ("train.seed", "must look like section.key=value"),
         ("data.dataset=cifar", "'cifar' is not one of"),

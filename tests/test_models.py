@@ -12,8 +12,9 @@ from distgan.config import ConfigError
 @pytest.mark.parametrize("name", sorted(models.GENERATORS))
 def test_generator_shapes_and_range(name):
     torch.manual_seed(0)
-    G = models.build_generator(name, z_dim=16).eval()
-    x = G(torch.randn(5, 16))
+    z_dim = 784 if name == "v1_g" else 16  # v1's G takes z as a 28x28 noise image
+    G = models.build_generator(name, z_dim=z_dim).eval()
+    x = G(torch.randn(5, z_dim))
     assert x.shape == (5, 1, 28, 28)
     assert x.min() >= 0 and x.max() <= 1
 
@@ -61,3 +62,8 @@ def test_init_is_reproducible_from_the_seed():
     torch.manual_seed(3)
     b = models.build_generator("dcgan_g", 8).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fully_convolutional_g_refuses_a_latent_that_is_not_an_image():
+    with pytest.raises(ConfigError, match="set model.z_dim=784"):
+        models.build_generator("v1_g", 100)

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from distgan.config import ConfigError, _suggest
-from distgan.models.conv import ConvDiscriminator, ConvGenerator
+from distgan.models.conv import ConvDiscriminator, ConvGenerator, FCConvGenerator, FullyConvGenerator
 from distgan.models.mlp import MLPDiscriminator, MLPGenerator
 
 
@@ -33,6 +33,14 @@ class Spec:
 GENERATORS: dict[str, Spec] = {
     "mlp_g": Spec(MLPGenerator, doc="generic MLP generator"),
     "dcgan_g": Spec(ConvGenerator, dict(width=64), "small DCGAN generator (distgan's default)"),
+    "v1_g": Spec(FullyConvGenerator, {}, "v1: fully convolutional G on a 28x28 noise image (z_dim 784)"),
+    "v2_g": Spec(FCConvGenerator, {"fc": (256,), "channels": (8,)}, "v2: two FC layers + one conv layer"),
+    "v3_g": Spec(FCConvGenerator, {"fc": (256, 512), "channels": (16, 8)}, "v3: more G layers (three FC + two convs)"),
+    "v4_g": Spec(
+        MLPGenerator,
+        {"hidden": (256, 512, 1024), "batchnorm": True, "dropout": 0.3},
+        "v4.0: G rewritten as an MLP with LeakyReLU and Dropout",
+    ),
     "final_g": Spec(
         MLPGenerator,
         dict(hidden=(256, 512, 1024, 2048, 2560), batchnorm=True, dropout=0.3),
@@ -51,6 +59,17 @@ DISCRIMINATORS: dict[str, Spec] = {
         ConvDiscriminator,
         dict(channels=(32, 64)),
         "small DCGAN discriminator (distgan's default)",
+    ),
+    "v2_d": Spec(
+        ConvDiscriminator,
+        {"channels": (32, 64, 128), "kernel": 3, "stride": 2, "padding": 1, "fc": (256,)},
+        "v1/v2: the deep D that converged too fast (three convs + two FC layers)",
+    ),
+    "v3_d": Spec(ConvDiscriminator, {"channels": (16,), "kernel": 4, "stride": 2, "padding": 1}, "v3: fewer D layers"),
+    "v4_d": Spec(
+        ConvDiscriminator,
+        {"channels": (16,), "kernel": 4, "stride": 2, "padding": 1, "dropout": 0.3},
+        "v4.1: v3's D rewritten with Dropout",
     ),
     "final_d": Spec(
         ConvDiscriminator,

@@ -5,6 +5,7 @@ Images are (B, 1, 28, 28) in [0, 1]; G ends in a sigmoid, D returns one logit pe
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from einops import rearrange
@@ -93,3 +94,59 @@ class ConvGenerator(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         x = rearrange(self.project(z), "b (c h w) -> b c h w", h=7, w=7)
         return self.up(x).sigmoid()
+
+
+def conv_stack(channels: Sequence[int], batchnorm: bool, dropout: float, leak: float) -> list[nn.Module]:
+    """Same-size 3x3 convs between consecutive channel counts, each with [BN] activation [Dropout]."""
+    layers: list[nn.Module] = []
+    for c_in, c_out in itertools.pairwise(channels):
+        layers.append(nn.Conv2d(c_in, c_out, 3, 1, 1))
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(nn.LeakyReLU(leak) if leak > 0 else nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return layers
+
+
+class FullyConvGenerator(nn.Module):
+    """The blog's v1 G: no Linear layer at all. z is a 28x28 noise image (z_dim = 784) refined by 3x3
+    convolutions to one channel and a sigmoid ("a large random x array passed in")."""
+
+    def __init__(self, z_dim: int, channels: Sequence[int] = (32, 64, 32), batchnorm: bool = True, leak: float = 0.0):
+        super().__init__()
+        if z_dim != 28 * 28:
+            raise ValueError(
+                f"a fully convolutional G takes z as a 28x28 noise image: set model.z_dim=784, not {z_dim}"
+            )
+        self.net = nn.Sequential(*conv_stack((1, *channels), batchnorm, 0.0, leak), nn.Conv2d(channels[-1], 1, 3, 1, 1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(rearrange(z, "b (c h w) -> b c h w", c=1, h=28)).sigmoid()
+
+
+class FCConvGenerator(nn.Module):
+    """The blog's v2/v3 G: fully-connected layers up to a (channels, 28, 28) map, then 3x3 convolutions
+    down to one channel and a sigmoid (v2: two FC layers + one conv; v3: more layers)."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        fc: Sequence[int] = (256,),
+        channels: Sequence[int] = (8,),
+        batchnorm: bool = True,
+        dropout: float = 0.0,
+        leak: float = 0.0,
+    ):
+        super().__init__()
+        widths = [z_dim, *fc]
+        self.fc = nn.Sequential(*mlp_stack(widths, batchnorm, dropout, leak), nn.Linear(widths[-1], channels[0] * 784))
+        self.convs = nn.Sequential(
+            *conv_stack(channels, batchnorm, dropout, leak),
+            nn.LeakyReLU(leak) if leak > 0 else nn.ReLU(),
+            nn.Conv2d(channels[-1], 1, 3, 1, 1),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = rearrange(self.fc(z), "b (c h w) -> b c h w", h=28, w=28)
+        return self.convs(x).sigmoid()
