@@ -39,7 +39,7 @@ class GANSteps:
         loss_g: str,
         separate_d_forward: bool = False,
     ):
-        self.acc, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
+        self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
         self.separate = separate_d_forward
         self.d_updates = 0
         self.g_updates = 0
@@ -56,19 +56,19 @@ class GANSteps:
             # BatchNorm in D: real and fake get their own batch statistics, as in a plain loop. Each forward
             # is followed by its own backward (so DDP's buffer broadcast never lands between a forward and
             # its backward); the first backward skips the all-reduce, the second reduces the summed grads.
-            with self.acc.no_sync(self.D):
+            with self.accelerator.no_sync(self.D):
                 real_logits = self.D(real).float()
                 real_term = losses.d_term(self.loss_d, real_logits, real_targets)
-                self.acc.backward(real_term)
+                self.accelerator.backward(real_term)
             fake_logits = self.D(fake).float()
             fake_term = losses.d_term(self.loss_d, fake_logits, fake_targets)
-            self.acc.backward(fake_term)
+            self.accelerator.backward(fake_term)
             loss = real_term.detach() + fake_term.detach()
         else:
             logits = self.D(torch.cat([real, fake])).float()
             real_logits, fake_logits = logits.split([len(real), len(fake)])
             loss = losses.d_loss(self.loss_d, real_logits, fake_logits, real_targets, fake_targets)
-            self.acc.backward(loss)
+            self.accelerator.backward(loss)
         self.opt_d.step()
         self.d_updates += 1
         self._count_skip("d", self.opt_d)
@@ -79,11 +79,11 @@ class GANSteps:
         """One G update through a frozen D. Returns the detached loss."""
         self.D.requires_grad_(False)
         try:
-            with self.acc.no_sync(self.D):
+            with self.accelerator.no_sync(self.D):
                 fake_logits = self.D(self.G(z)).float()
                 loss = losses.g_loss(self.loss_g, fake_logits)
                 self.opt_g.zero_grad(set_to_none=True)
-                self.acc.backward(loss)
+                self.accelerator.backward(loss)
         finally:
             self.D.requires_grad_(True)
         self.opt_g.step()
@@ -95,7 +95,7 @@ class GANSteps:
 
     def _count_skip(self, net: str, opt) -> None:
         # Only fp16 has a scaler; reading step_was_skipped syncs the host, so never touch it otherwise.
-        if self.acc.scaler is not None and getattr(opt, "step_was_skipped", False):
+        if self.accelerator.scaler is not None and getattr(opt, "step_was_skipped", False):
             self.skipped[net] += 1
 
 
