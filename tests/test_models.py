@@ -67,3 +67,16 @@ def test_init_is_reproducible_from_the_seed():
 def test_fully_convolutional_g_refuses_a_latent_that_is_not_an_image():
     with pytest.raises(ConfigError, match="set model.z_dim=784"):
         models.build_generator("v1_g", 100)
+
+
+def test_ema_follows_the_exponential_moving_average():
+    from distgan.steps import EMA
+
+    G = torch.nn.Linear(2, 1)
+    ema = EMA(G, decay=0.9)
+    start = G.weight.detach().clone()
+    with torch.no_grad():
+        G.weight.add_(1.0)
+    ema.update()
+    assert torch.allclose(ema.model.weight, 0.9 * start + 0.1 * (start + 1.0))
+    assert not ema.model.weight.requires_grad and not ema.model.training

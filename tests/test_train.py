@@ -75,6 +75,7 @@ def test_checkpoint_loads_alone_and_sample_regenerates_the_grid_bit_exactly(mnis
     model_file = run / "checkpoints" / "step-000005" / "model.safetensors"
     tensors = load_file(model_file)  # safetensors alone, no distgan code, no pickle
     assert any(k.startswith("G.") for k in tensors) and any(k.startswith("D.") for k in tensors)
+    assert any(k.startswith("G_ema.") for k in tensors)  # the default keeps an EMA of G, which grids show
 
     out = tmp_path / "again.png"
     run_module("distgan.sample", "--checkpoint", str(run), "--fixed-z", "--out", str(out))
