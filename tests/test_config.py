@@ -46,6 +46,9 @@ def test_int_is_accepted_where_a_float_is_expected():
         ("train=3", "expected a mapping"),
         ("train.seed", "must look like section.key=value"),
         ("data.dataset=cifar", "'cifar' is not one of"),
+        ("model.sync_bn=maybe", "model.sync_bn: expected true or false, got 'maybe'"),
+        ("train.seed=true", "train.seed: expected an integer, got True"),
+        ("data.root=5", "data.root: expected a string, got 5"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(override, message):
