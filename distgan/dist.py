@@ -7,10 +7,15 @@ N silent copies, or save weights that differ between ranks.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 class LaunchError(RuntimeError):
@@ -19,6 +24,32 @@ class LaunchError(RuntimeError):
 
 class RankMismatch(RuntimeError):
     """Ranks disagree about something that must be identical (weights, data shards)."""
+
+
+class MainProcessFailed(RuntimeError):
+    """Raised on the other ranks when work done by the main process alone failed."""
+
+
+def on_main(accelerator: Accelerator, fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on the main process only, then tell every rank whether it failed.
+
+    Collective. Without this, a main process that raises (an unwritable folder, a full disk) leaves
+    the other ranks waiting forever in their next collective; here every rank raises.
+    """
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 (re-raised below, on this rank and on every other)
+            error = e
+    if accelerator.num_processes > 1:
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        broadcast_object_list(box)
+        if error is None and box[0] is not None:
+            raise MainProcessFailed(f"the main process failed: {box[0]}")
+    if error is not None:
+        raise error
+    return result
 
 
 MULTI_CPU_HINT = (
@@ -38,16 +69,14 @@ def check_world(accelerator: Accelerator) -> None:
         )
 
 
-def check_shards(accelerator: Accelerator, idx: Tensor, n_images: int) -> dict:
-    """Gather every rank's epoch indices and check they are disjoint, equal in length, and cover the epoch
-    but for less than one global batch. Returns a summary for the log."""
+def check_shards(accelerator: Accelerator, idx: Tensor, n_images: int, step_images: int) -> dict:
+    """Gather every rank's indices for the epoch and check they are disjoint, equal in length, and cover
+    the epoch but for less than one step's images (``step_images``, over all ranks). Returns a summary."""
     everything = accelerator.gather(idx.reshape(1, -1))  # (world, per_rank_images)
     world, per_rank = everything.shape
     distinct = int(torch.unique(everything).numel())
-    total = world * per_rank
-    global_batch = world * idx.shape[-1]
     summary = {"ranks": world, "per_rank": per_rank, "distinct": distinct, "dropped": n_images - distinct}
-    if distinct != total or n_images - total >= global_batch:
+    if distinct != world * per_rank or n_images - distinct >= step_images:
         raise RankMismatch(f"data shards overlap or miss images: {summary}")
     return summary
 

@@ -30,7 +30,10 @@ def load_generator(
     cfg = config.from_dict(info["config"])
     G = models.build_generator(cfg.model.g, cfg.model.z_dim, cfg.model.g_args)
     prefix = "G_ema" if use_ema and any(k.startswith("G_ema.") for k in tensors) else "G"
-    G.load_state_dict(checkpoint.module_state(tensors, prefix))
+    try:
+        G.load_state_dict(checkpoint.module_state(tensors, prefix))
+    except RuntimeError as e:  # missing or mis-shaped tensors: not the G its own config describes
+        raise checkpoint.CheckpointError(f"{path}: the weights do not fit {cfg.model.g} ({e})") from None
     return G.to(device).eval(), cfg
 
 
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--out must end in .npz (images array) or .png (grid)")
     if args.num < 1:
         p.error("--num must be >= 1")
+    if args.fixed_z and args.num != 64:
+        p.error("--fixed-z draws the training grid's 64 images; leave --num out")
+    if out.suffix == ".png" and args.num % 8:
+        p.error(f"a grid needs a multiple of 8 images, got --num {args.num}")
     try:
         G, cfg = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
     except (checkpoint.CheckpointError, config.ConfigError) as e:
@@ -74,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     if out.suffix == ".npz":
         np.savez_compressed(out, images=imgs.numpy())
     else:
-        if len(imgs) % 8:
-            p.error(f"a grid needs a multiple of 8 images, got {len(imgs)}")
         images.save_png(images.grid(imgs), out)
     print(f"wrote {len(imgs)} images to {out}")
     return 0

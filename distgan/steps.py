@@ -2,7 +2,8 @@
 
 Notation: G generator, D discriminator, z noise, real / fake image batches, logits = D's raw outputs.
 
-D step: fake = G(z) without a graph; ONE D forward on cat(real, fake) and one backward ("joint"), or,
+D step: fake = G(z) without a graph (in train mode: G's BatchNorm statistics see this batch too, as
+they would in a loop that reuses one fake batch for both steps); ONE D forward on cat(real, fake) and one backward ("joint"), or,
 for a D with BatchNorm, real and fake each through its own forward and backward ("separate"), so BN
 sees unmixed batches as in a plain loop. Either way D never runs twice before a backward (two forwards
 + DDP's buffer broadcast raise "modified by an inplace operation"). Loss in float32 on logits;

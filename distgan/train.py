@@ -7,7 +7,7 @@ One CPU process (what the tests use)::
 The same module under accelerate (one GPU, N GPUs, N CPU processes, several nodes: see launch/)::
 
     accelerate launch -m distgan.train --config configs/v5.yaml
-    accelerate launch --config_file launch/cpu_2proc.yaml -m distgan.train --config configs/default.yaml
+    accelerate launch --config_file launch/cpu_multi.yaml --num_processes 2 -m distgan.train ...   (see launch/cpu_multi.sh)
 
 ``--dry-run`` prints the resolved config and exits. Dotted overrides (``train.seed=1``) come last.
 A run writes ``runs/<name>/``: config.yaml, metrics.jsonl, samples/epoch-NNN.png, checkpoints/, wandb/.
@@ -30,7 +30,16 @@ from tqdm.auto import tqdm
 
 from distgan import __version__, checkpoint, config, data, images, models
 from distgan.batches import DeviceImages, epoch_permutation, shard
-from distgan.dist import LaunchError, RankMismatch, check_ranks_agree, check_shards, check_world, sync_buffers
+from distgan.dist import (
+    LaunchError,
+    MainProcessFailed,
+    RankMismatch,
+    check_ranks_agree,
+    check_shards,
+    check_world,
+    on_main,
+    sync_buffers,
+)
 from distgan.rng import StepNoise, fixed_z, stream_seed, swap_rate
 from distgan.steps import EMA, GANSteps
 from distgan.tracking import RunLog, StepBuffer
@@ -44,12 +53,13 @@ def resolve_threads(cfg: config.Config) -> int:
 
 
 def make_run_dir(cfg: config.Config, accelerator: Accelerator) -> Path:
-    """The run folder, named on the main process and shared, created by the main process only."""
+    """The run folder, named on the main process and shared; created (never reused) by the main process."""
     name = [cfg.output.name or f"{cfg.name}-s{cfg.train.seed}-{dt.datetime.now():%Y%m%d-%H%M%S}"]
     broadcast_object_list(name)
     run_dir = Path(cfg.output.dir) / name[0]
-    if accelerator.is_main_process:
-        if (run_dir / "checkpoints").exists():
+
+    def create() -> None:
+        if run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(f"{run_dir} already holds a run; choose another output.name (or remove that folder)")
         try:
             (run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -57,6 +67,9 @@ def make_run_dir(cfg: config.Config, accelerator: Accelerator) -> Path:
             raise OSError(
                 f"cannot create the run folder {run_dir} ({e}); set output.dir to a writable folder"
             ) from None
+        (run_dir / "config.yaml").write_text(config.dump_yaml(cfg))
+
+    on_main(accelerator, create)
     return run_dir
 
 
@@ -64,10 +77,13 @@ def has_batchnorm(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-def make_adam(module: torch.nn.Module, opt: config.AdamConfig) -> torch.optim.Adam:
+def make_adam(module: torch.nn.Module, opt: config.AdamConfig, fused: bool = True) -> torch.optim.Adam:
     """Adam with the fused kernel (CPU and CUDA, torch >= 2.4): the per-tensor loop costs a quarter of a
-    small model's step on a CPU."""
+    small model's step on a CPU. Not under fp16: a fused Adam skips overflowing steps inside its kernel,
+    where accelerate cannot see (and we could not count) them."""
     kwargs = {"lr": opt.lr, "betas": opt.betas, "weight_decay": opt.weight_decay}
+    if not fused:
+        return torch.optim.Adam(module.parameters(), foreach=True, **kwargs)
     try:
         return torch.optim.Adam(module.parameters(), fused=True, **kwargs)
     except (RuntimeError, TypeError):  # an older torch or an unsupported device
@@ -122,17 +138,18 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     run_dir = make_run_dir(cfg, accelerator)
     cfg.output.name = run_dir.name
     resolved = cfg.to_dict()
-    if accelerator.is_main_process:
-        (run_dir / "config.yaml").write_text(config.dump_yaml(cfg))
 
-    # ---- data: prepared once by the main process, then read by every rank from verified files
-    with accelerator.main_process_first():
-        data.prepare(cfg.data.dataset, cfg.data.root, log=lambda m: accelerator.print(m))
+    # ---- data: prepared by the main process, then verified (never fetched) by the other ranks. On several
+    # machines without a shared data.root, each machine's first process prepares its own copy first.
+    on_main(accelerator, lambda: data.prepare(cfg.data.dataset, cfg.data.root, log=accelerator.print))
+    with accelerator.local_main_process_first():
+        data.prepare(cfg.data.dataset, cfg.data.root, log=accelerator.print)
     train_images, _ = data.load_split(cfg.data.dataset, cfg.data.root, train=True)
     if cfg.data.limit is not None:
         train_images = train_images[: cfg.data.limit]
     real_images = DeviceImages(train_images, accelerator.device)
-    steps_per_epoch = len(real_images) // (cfg.train.batch_size * cfg.train.d_steps)
+    step_images = cfg.train.batch_size * cfg.train.d_steps  # real images one step consumes, over all ranks
+    steps_per_epoch = len(real_images) // step_images
     if steps_per_epoch == 0:
         raise config.ConfigError(
             f"train.batch_size={cfg.train.batch_size} x d_steps={cfg.train.d_steps} exceeds the dataset "
@@ -151,7 +168,8 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     G_raw, D_raw = G, D
     # The EMA copy is made before prepare(): under mixed precision accelerate patches G's forward in place.
     ema = EMA(G_raw, cfg.model.ema_decay) if cfg.model.ema_decay else None
-    opt_g, opt_d = make_adam(G, cfg.optim.g), make_adam(D, cfg.optim.d)
+    fused = accelerator.mixed_precision != "fp16"
+    opt_g, opt_d = make_adam(G, cfg.optim.g, fused), make_adam(D, cfg.optim.d, fused)
     G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
     if ema is not None:
         ema.model.to(accelerator.device)
@@ -190,7 +208,8 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
         nimg = step * cfg.train.d_steps * cfg.train.batch_size
         sync_buffers(accelerator, *nets.values())  # collective: BatchNorm statistics as DDP's next forward sets them
         rank_checksums = check_ranks_agree(accelerator, **nets) if save else None  # collective
-        if accelerator.is_main_process:
+
+        def write() -> None:
             event = {"step": step, "epoch": epoch_done, "nimg": nimg}
             if accelerator.scaler is not None:  # fp16: one scaler for both optimizers; report what it skipped
                 event["skipped_fp16_steps"] = dict(gan.skipped)
@@ -213,14 +232,18 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
                 path = checkpoint.save(run_dir / "checkpoints", tag, checkpoint.state_tensors(**nets), info)
                 event["checkpoint"] = str(path.relative_to(run_dir))
             log.event(event)
-        accelerator.wait_for_everyone()
+
+        on_main(accelerator, write)  # a failed write (full disk) stops every rank, not only the main one
 
     # ---- the loop
     step, t0 = 0, time.perf_counter()
     for epoch in range(cfg.train.epochs):
         idx = shard(epoch_permutation(len(real_images), cfg.train.seed, epoch), cfg.train.batch_size, world, rank)
-        idx = idx.to(accelerator.device)
-        log.event({"step": step, "epoch": epoch, "shards": check_shards(accelerator, idx, len(real_images))})
+        idx = idx[: steps_per_epoch * cfg.train.d_steps].to(accelerator.device)  # the batches this epoch uses
+        flush()  # rows before this event, so W&B steps never go backwards
+        log.event(
+            {"step": step, "epoch": epoch, "shards": check_shards(accelerator, idx, len(real_images), step_images)}
+        )
         for i in range(steps_per_epoch):
             d_out = []
             for k in range(cfg.train.d_steps):
@@ -290,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         train(cfg)
-    except (config.ConfigError, data.DataError, LaunchError, RankMismatch, FileExistsError, OSError) as e:
+    except (config.ConfigError, data.DataError, LaunchError, RankMismatch, MainProcessFailed, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

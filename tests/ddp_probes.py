@@ -102,10 +102,33 @@ def _probe_rank_mismatch_is_caught():
     acc.end_training()
 
 
+def _probe_main_failure_reaches_every_rank():
+    from accelerate import Accelerator
+
+    from distgan.dist import MainProcessFailed, on_main
+
+    acc = Accelerator()
+
+    def fail():
+        raise OSError("disk full")
+
+    try:
+        on_main(acc, fail)
+    except OSError as e:
+        assert acc.is_main_process and "disk full" in str(e)
+    except MainProcessFailed as e:
+        assert not acc.is_main_process and "OSError: disk full" in str(e)
+    else:
+        raise AssertionError("a failure on the main process went unnoticed")
+    assert on_main(acc, lambda: 7) == (7 if acc.is_main_process else None)
+    acc.end_training()
+
+
 PROBES = {
     "g_step_leaves_d_alone": _probe_g_step_leaves_d_alone,
     "separate_d_forward_with_batchnorm": _probe_separate_d_forward_with_batchnorm,
     "rank_mismatch_is_caught": _probe_rank_mismatch_is_caught,
+    "main_failure_reaches_every_rank": _probe_main_failure_reaches_every_rank,
 }
 
 if __name__ == "__main__":

