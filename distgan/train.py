@@ -135,9 +135,10 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             f"train.batch_size={cfg.train.batch_size} (global) is not divisible by {world} processes; "
             f"use a multiple of {world}"
         )
-    run_dir = make_run_dir(cfg, accelerator)
-    cfg.output.name = run_dir.name
-    resolved = cfg.to_dict()
+    if cfg.model.sync_bn and accelerator.device.type != "cuda":
+        raise config.ConfigError(
+            "model.sync_bn=true needs CUDA GPUs (SyncBatchNorm has no CPU/gloo kernel); set model.sync_bn=false"
+        )
 
     # ---- data: prepared by the main process, then verified (never fetched) by the other ranks. On several
     # machines without a shared data.root, each machine's first process prepares its own copy first.
@@ -160,11 +161,13 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     torch.manual_seed(stream_seed(cfg.train.seed, "init"))
     G, D = models.build_pair(cfg.model)
     if cfg.model.sync_bn:
-        if accelerator.device.type != "cuda":
-            raise config.ConfigError(
-                "model.sync_bn=true needs CUDA GPUs (SyncBatchNorm has no CPU/gloo kernel); set model.sync_bn=false"
-            )
         G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
+
+    # ---- the run folder, once every check above has passed (a refused run leaves nothing behind)
+    run_dir = make_run_dir(cfg, accelerator)
+    cfg.output.name = run_dir.name
+    resolved = cfg.to_dict()
+
     G_raw, D_raw = G, D
     # The EMA copy is made before prepare(): under mixed precision accelerate patches G's forward in place.
     ema = EMA(G_raw, cfg.model.ema_decay) if cfg.model.ema_decay else None
