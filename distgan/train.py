@@ -208,7 +208,7 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     def maintenance(epoch_done: int, step: int, tag: str, grid: bool, save: bool) -> None:
         """Flush metrics; on the main process write the fixed-z grid and/or a checkpoint."""
         flush()
-        nimg = step * cfg.train.d_steps * cfg.train.batch_size
+        nimg = step * step_images
         sync_buffers(accelerator, *nets.values())  # collective: BatchNorm statistics as DDP's next forward sets them
         rank_checksums = check_ranks_agree(accelerator, **nets) if save else None  # collective
 
@@ -277,7 +277,7 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             break
     bar.close()
     elapsed = time.perf_counter() - t0
-    nimg = step * cfg.train.d_steps * cfg.train.batch_size
+    nimg = step * step_images
     if accelerator.is_main_process:
         summary = {
             "steps": step,

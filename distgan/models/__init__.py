@@ -32,7 +32,7 @@ class Spec:
 
 GENERATORS: dict[str, Spec] = {
     "mlp_g": Spec(MLPGenerator, doc="generic MLP generator"),
-    "dcgan_g": Spec(ConvGenerator, dict(width=64), "small DCGAN generator (distgan's default)"),
+    "dcgan_g": Spec(ConvGenerator, dict(width=64), "small DCGAN generator"),
     "v1_g": Spec(FullyConvGenerator, {}, "v1: fully convolutional G on a 28x28 noise image (z_dim 784)"),
     "v2_g": Spec(FCConvGenerator, {"fc": (256,), "channels": (8,)}, "v2: two FC layers + one conv layer"),
     "v3_g": Spec(FCConvGenerator, {"fc": (256, 512), "channels": (16, 8)}, "v3: more G layers (three FC + two convs)"),
@@ -58,7 +58,7 @@ DISCRIMINATORS: dict[str, Spec] = {
     "dcgan_d": Spec(
         ConvDiscriminator,
         dict(channels=(32, 64)),
-        "small DCGAN discriminator (distgan's default)",
+        "small DCGAN discriminator",
     ),
     "v2_d": Spec(
         ConvDiscriminator,
@@ -98,7 +98,8 @@ def check_spec(kind: str, name: str, args: dict) -> Spec:
     registry = _REGISTRIES[kind]
     if name not in registry:
         raise ConfigError(
-            f"model.{kind}: unknown model '{name}'.{_suggest(name, registry)} Choose from {', '.join(registry)}"
+            f"model.{kind}: unknown model '{name}'.{_suggest(name, registry)} Choose from: "
+            + "; ".join(f"{n} ({spec.doc})" for n, spec in registry.items())
         )
     spec = registry[name]
     params = [p for p in inspect.signature(spec.cls).parameters if p != "z_dim"]
