@@ -28,8 +28,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    """Which dataset to train on; prepared under ``root`` by ``python -m distgan.data``."""
+    dataset: Literal["mnist", "fashion_mnist", "synthetic"] = "mnist"
+    """Which dataset to train on; prepared under ``root`` by ``python -m distgan.data``. ``synthetic``: a
+    tiny generated 10-class set (2,048 images) for smoke tests, with no files at all."""
     root: str = "data"
     """Folder holding ``MNIST/raw/`` (torchvision's layout)."""
     limit: int | None = None
@@ -101,7 +102,8 @@ class TrainConfig:
     """G updates per step, after the D updates."""
     d_forward: Literal["auto", "joint", "separate"] = "auto"
     """joint: one D forward on cat(real, fake); separate: real and fake each through their own forward and
-    backward, so a BatchNorm in D never mixes them; auto: separate exactly when D has BatchNorm."""
+    backward, so a BatchNorm (or minibatch std) in D never mixes them; auto: separate exactly when D has
+    such a batch-coupled layer."""
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
     """None keeps accelerate's setting (``accelerate launch --mixed_precision``, default no)."""
     threads: int | None = None
@@ -122,10 +124,25 @@ class OutputConfig:
     tracker: Literal["wandb", "none"] = "wandb"
     """W&B through accelerate (offline unless W&B is configured), or none."""
     wandb_project: str = "distgan"
+    wandb_group: str | None = None
+    """W&B group of the run; None: the config's name (``distgan.compare`` sets its report's name)."""
     grid_seed: int = 0
     """Seed of the fixed z behind every epoch's 8x8 grid (kept apart from train.seed on purpose)."""
     checkpoint_every_epochs: int = 1
     sample_every_epochs: int = 1
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: int = 0
+    """Score G (its EMA where kept) every this many epochs and at the end, with the evaluator
+    (``python -m distgan.evaluate fit``; fitted on first use); 0: never."""
+    samples: int = 10_000
+    """Generated images per evaluation, split across processes (FID against the 10k test images)."""
+    seed: int = 0
+    """Seed of the evaluation noise: the same images' z for every epoch and every config with this z_dim."""
+    pr_k: int = 3
+    """Neighbours defining the precision/recall manifolds."""
 
 
 @dataclass
@@ -138,6 +155,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return to_plain(self)
@@ -356,6 +374,10 @@ def validate(cfg: Config) -> None:
             a.weight_decay >= 0,
             f"optim.{net}.weight_decay must be >= 0, got {a.weight_decay}",
         )
+    e = cfg.eval
+    need(e.every_epochs >= 0, f"eval.every_epochs must be >= 0 (0: never), got {e.every_epochs}")
+    need(e.pr_k >= 1, f"eval.pr_k must be >= 1, got {e.pr_k}")
+    need(e.samples > e.pr_k, f"eval.samples must exceed eval.pr_k ({e.pr_k}), got {e.samples}")
     o = cfg.output
     need(o.checkpoint_every_epochs >= 1, "output.checkpoint_every_epochs must be >= 1")
     need(o.sample_every_epochs >= 1, "output.sample_every_epochs must be >= 1")

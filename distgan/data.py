@@ -135,6 +135,8 @@ FASHION_MNIST = Dataset(
 )
 
 DATASETS = {d.name: d for d in (MNIST, FASHION_MNIST)}
+SYNTHETIC = "synthetic"  # generated in memory (see synthetic_split): no files, no download
+NAMES = (*DATASETS, SYNTHETIC)
 
 # --------------------------------------------------------------------------- files and IDX
 
@@ -336,6 +338,8 @@ def check_files(ds: Dataset, root: Path) -> list[str]:
 
 def prepare(dataset: str | Dataset = "mnist", root: str | Path = "data", log=print) -> Path:
     """Make ``root/<folder>/raw`` hold the dataset's verified files; return that folder."""
+    if dataset == SYNTHETIC:
+        return Path(root)
     ds = DATASETS[dataset] if isinstance(dataset, str) else dataset
     root = Path(root)
     raw = root / ds.folder / "raw"
@@ -376,6 +380,8 @@ def prepare(dataset: str | Dataset = "mnist", root: str | Path = "data", log=pri
 
 def load_split(dataset: str, root: str | Path, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 28, 28), labels uint8 (N,)) from verified files (prepare() first)."""
+    if dataset == SYNTHETIC:
+        return synthetic_split(train)
     ds = DATASETS[dataset]
     raw = Path(root) / ds.folder / "raw"
     prefix = "train" if train else "t10k"
@@ -386,9 +392,36 @@ def load_split(dataset: str, root: str | Path, train: bool = True) -> tuple[torc
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
 
 
+SYNTHETIC_SIZES = {True: 2048, False: 512}
+
+
+def synthetic_split(train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tiny 10-class dataset of 28x28 images, generated identically everywhere (tests, smoke runs).
+
+    Each class is a fixed constellation of four Gaussian blobs; a sample is its class's constellation
+    shifted by up to 2 pixels, at a random brightness. Labels cycle 0..9, so classes are balanced.
+    """
+    from distgan.rng import stream_seed  # local: keeps data.py importable without the training modules
+
+    protos = torch.Generator().manual_seed(stream_seed("synthetic", "prototypes"))
+    centres = torch.randint(7, 21, (10, 4, 2), generator=protos).float()
+    n = SYNTHETIC_SIZES[train]
+    gen = torch.Generator().manual_seed(stream_seed("synthetic", "train" if train else "test"))
+    labels = torch.arange(n) % 10
+    shifts = torch.randint(-2, 3, (n, 1, 2), generator=gen).float()
+    brightness = 0.7 + 0.3 * torch.rand(n, 1, 1, generator=gen)
+    points = centres[labels] + shifts  # (n, 4, 2): row, column of each blob
+    coords = torch.arange(28.0)
+    rows = (coords.view(1, 1, 28) - points[..., 0:1]).pow(2)  # (n, 4, 28)
+    cols = (coords.view(1, 1, 28) - points[..., 1:2]).pow(2)
+    blobs = torch.exp(-(rows.unsqueeze(-1) + cols.unsqueeze(-2)) / (2 * 1.5**2))  # (n, 4, 28, 28)
+    images = blobs.amax(1).mul(brightness).mul(255).round().clamp(0, 255).to(torch.uint8)
+    return images, labels.to(torch.uint8)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.data", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    p.add_argument("--dataset", choices=NAMES, default="mnist")
     p.add_argument(
         "--root",
         default="data",

@@ -19,7 +19,22 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-STEP_KEYS = ("loss_d", "loss_g", "d_real", "d_fake")
+STEP_KEYS = ("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g")
+
+
+def scalars(row: dict, prefix: str) -> dict:
+    """The numbers of a (nested) record as flat W&B keys: {'eval': {'fid': 3}} -> {'eval/fid': 3};
+    lists of numbers get one key per index; strings and None are left to metrics.jsonl."""
+    out = {}
+    for k, v in row.items():
+        key = f"{prefix}/{k}"
+        if isinstance(v, dict):
+            out.update(scalars(v, key))
+        elif isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            out.update({f"{key}/{i}": x for i, x in enumerate(v)})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v
+    return out
 
 
 def wandb_configured() -> bool:
@@ -81,8 +96,14 @@ class RunLog:
                         "wandb": {
                             "name": run_dir.name,
                             "dir": str(run_dir),
-                            "group": config["name"],
-                            "tags": [config["name"], f"world{accelerator.num_processes}"],
+                            "group": config["output"]["wandb_group"] or config["name"],
+                            "job_type": config["name"],
+                            "tags": [
+                                config["name"],
+                                f"world{accelerator.num_processes}",
+                                f"seed{config['train']['seed']}",
+                                config["train"]["mixed_precision"] or "no",
+                            ],
                         }
                     },
                 )
@@ -90,20 +111,22 @@ class RunLog:
             except Exception as e:  # noqa: BLE001 (W&B can fail in many ways; none must stop training)
                 warnings.warn(f"W&B did not start ({e}); training goes on with metrics.jsonl only", stacklevel=2)
 
-    def rows(self, rows: list[dict]) -> None:
+    def rows(self, rows: list[dict], section: str | None = "train") -> None:
+        """Records with a 'step': one JSON line each, and their numbers to W&B as ``section/key``
+        (section None: the file only)."""
         if not self.main:
             return
         for row in rows:
             self.file.write(json.dumps(row) + "\n")
-            if self.wandb:
-                self.acc.log(
-                    {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None}, step=row["step"]
-                )
+            if self.wandb and section:
+                values = scalars({k: v for k, v in row.items() if k != "step"}, section)
+                if values:
+                    self.acc.log(values, step=row["step"])
         self.file.flush()
 
-    def event(self, row: dict) -> None:
-        """A non-step record (epoch end, evaluation): written as is, and to W&B at its step."""
-        self.rows([row])
+    def event(self, row: dict, section: str | None = "epoch") -> None:
+        """A non-step record (epoch start or end, evaluation): written as is, to W&B under ``section/``."""
+        self.rows([row], section)
 
     def image(self, name: str, picture: Tensor, step: int) -> None:
         if self.wandb:

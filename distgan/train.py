@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from distgan import __version__, checkpoint, config, data, images, models
+from distgan import __version__, checkpoint, config, data, evaluate, images, models
 from distgan.batches import DeviceImages, epoch_permutation, shard
 from distgan.dist import (
     LaunchError,
@@ -73,8 +73,12 @@ def make_run_dir(cfg: config.Config, accelerator: Accelerator) -> Path:
     return run_dir
 
 
-def has_batchnorm(module: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+def couples_batch(module: torch.nn.Module) -> bool:
+    """True when a sample's output depends on the rest of its batch (BatchNorm, minibatch std)."""
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or getattr(m, "couples_batch", False)
+        for m in module.modules()
+    )
 
 
 def make_adam(module: torch.nn.Module, opt: config.AdamConfig, fused: bool = True) -> torch.optim.Adam:
@@ -157,6 +161,19 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             f"({len(real_images)} images)"
         )
 
+    # ---- the evaluator (fitted once and cached by the main process; every rank scores its share of samples)
+    evaluator = ref = None
+    if cfg.eval.every_epochs:
+
+        def find_evaluator() -> None:
+            found = evaluate.load(cfg.data.dataset, cfg.data.root, fit_if_missing=True, log=accelerator.print)
+            evaluate.reference(found, cfg.data.root)  # cache the real statistics too
+
+        on_main(accelerator, find_evaluator)
+        evaluator = evaluate.load(cfg.data.dataset, cfg.data.root).to(accelerator.device)
+        if accelerator.is_main_process:
+            ref = evaluate.reference(evaluator, cfg.data.root).to(accelerator.device)
+
     # ---- models and optimisers: identical init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(stream_seed(cfg.train.seed, "init"))
     G, D = models.build_pair(cfg.model)
@@ -177,7 +194,7 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     if ema is not None:
         ema.model.to(accelerator.device)
     torch.manual_seed(stream_seed(cfg.train.seed, "torch", rank))  # dropout masks: differ per rank, reproducibly
-    separate = cfg.train.d_forward == "separate" or (cfg.train.d_forward == "auto" and has_batchnorm(D_raw))
+    separate = cfg.train.d_forward == "separate" or (cfg.train.d_forward == "auto" and couples_batch(D_raw))
     gan = GANSteps(accelerator, G, D, opt_g, opt_d, cfg.loss.d, cfg.loss.g, separate_d_forward=separate)
     gan.ema = ema
     nets = {"G": G_raw, "D": D_raw, **({"G_ema": ema.model} if ema else {})}  # what checkpoints hold
@@ -205,15 +222,23 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             last = rows[-1]
             bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}", refresh=False)
 
-    def maintenance(epoch_done: int, step: int, tag: str, grid: bool, save: bool) -> None:
-        """Flush metrics; on the main process write the fixed-z grid and/or a checkpoint."""
+    def maintenance(epoch_done: int, step: int, tag: str, grid: bool, save: bool, score: bool, timing: dict) -> None:
+        """Flush metrics; score G; on the main process write the fixed-z grid and/or a checkpoint."""
         flush()
         nimg = step * step_images
         sync_buffers(accelerator, *nets.values())  # collective: BatchNorm statistics as DDP's next forward sets them
         rank_checksums = check_ranks_agree(accelerator, **nets) if save else None  # collective
+        if score:  # collective: each rank generates and classifies its share of the samples
+            e = cfg.eval
+            result = evaluate.score_generator(
+                G_show, cfg.model.z_dim, evaluator, ref, e.samples, e.seed, e.pr_k, accelerator
+            )
+            if result is not None:
+                log.event({"event": "eval", "step": step, "epoch": epoch_done, "nimg": nimg, **result}, "eval")
+                accelerator.print(f"epoch {epoch_done}: " + evaluate.format_metrics(result).replace("\n", "; "))
 
         def write() -> None:
-            event = {"step": step, "epoch": epoch_done, "nimg": nimg}
+            event = {"event": "epoch_end", "step": step, "epoch": epoch_done, "nimg": nimg, **timing}
             if accelerator.scaler is not None:  # fp16: one scaler for both optimizers; report what it skipped
                 event["skipped_fp16_steps"] = dict(gan.skipped)
             if grid:
@@ -238,15 +263,20 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
 
         on_main(accelerator, write)  # a failed write (full disk) stops every rank, not only the main one
 
+    def timing(steps: int, since: float) -> dict:
+        seconds = time.perf_counter() - since
+        lrs = {f"lr_{n}": opt.param_groups[0]["lr"] for n, opt in (("g", opt_g), ("d", opt_d))}
+        return {"seconds": round(seconds, 3), "img_per_s": round(steps * step_images / seconds, 1), **lrs}
+
     # ---- the loop
     step, t0 = 0, time.perf_counter()
     for epoch in range(cfg.train.epochs):
+        epoch_t0, epoch_step0 = time.perf_counter(), step
         idx = shard(epoch_permutation(len(real_images), cfg.train.seed, epoch), cfg.train.batch_size, world, rank)
         idx = idx[: steps_per_epoch * cfg.train.d_steps].to(accelerator.device)  # the batches this epoch uses
         flush()  # rows before this event, so W&B steps never go backwards
-        log.event(
-            {"step": step, "epoch": epoch, "shards": check_shards(accelerator, idx, len(real_images), step_images)}
-        )
+        shards = check_shards(accelerator, idx, len(real_images), step_images)
+        log.event({"event": "epoch_start", "step": step, "epoch": epoch, "shards": shards}, section=None)
         for i in range(steps_per_epoch):
             d_out = []
             for k in range(cfg.train.d_steps):
@@ -254,10 +284,12 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
                 p_swap = swap_rate(cfg.loss.swap_prob, cfg.loss.swap_schedule, cfg.loss.swap_until, d_index / total_d)
                 z, real_t, fake_t = noise.d_step(d_index, cfg.loss.real_label, cfg.loss.fake_label, p_swap)
                 real = real_images.batch(idx[i * cfg.train.d_steps + k])
-                d_out.append(torch.stack(gan.d_step(real, z, real_t, fake_t)))
+                gan.measure = step % cfg.train.log_every == 0  # gradient norms on logging steps only
+                d_out.append(gan.d_step(real, z, real_t, fake_t))
             g_out = [gan.g_step(noise.g_step(step * cfg.train.g_steps + k)) for k in range(cfg.train.g_steps)]
-            d_mean = torch.stack(d_out).mean(0)
-            buffer.add(step, torch.stack([d_mean[0], torch.stack(g_out).mean(), d_mean[1], d_mean[2]]))
+            d_mean, g_mean = torch.stack(d_out).mean(0), torch.stack(g_out).mean(0)
+            # the order of STEP_KEYS: loss_d, loss_g, d_real, d_fake, grad_norm_d, grad_norm_g
+            buffer.add(step, torch.stack([d_mean[0], g_mean[0], d_mean[1], d_mean[2], d_mean[3], g_mean[1]]))
             step += 1
             bar.update()
             if buffer.full():
@@ -265,14 +297,17 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             if step == total_steps:
                 break
         finished = step == total_steps
+        flush()  # waits for the device: the epoch's time is then honest on a GPU too
+        spent = timing(step - epoch_step0, epoch_t0)
+        every = cfg.eval.every_epochs
         if step == (epoch + 1) * steps_per_epoch:  # a whole epoch
             done = epoch + 1
             grid = done % cfg.output.sample_every_epochs == 0 or finished
             save = done % cfg.output.checkpoint_every_epochs == 0 or finished
-            if grid or save:
-                maintenance(done, step, f"epoch-{done:03d}", grid, save)
-        elif finished:  # stopped by max_steps mid-epoch: still leave a grid and a checkpoint
-            maintenance(epoch, step, f"step-{step:06d}", grid=True, save=True)
+            score = bool(every) and (done % every == 0 or finished)
+            maintenance(done, step, f"epoch-{done:03d}", grid, save, score, spent)
+        elif finished:  # stopped by max_steps mid-epoch: still leave a grid, a checkpoint and a score
+            maintenance(epoch, step, f"step-{step:06d}", True, True, bool(every), spent)
         if finished:
             break
     bar.close()
@@ -280,6 +315,7 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
     nimg = step * step_images
     if accelerator.is_main_process:
         summary = {
+            "name": cfg.name,
             "steps": step,
             "nimg": nimg,
             "seconds": round(elapsed, 3),
@@ -287,6 +323,8 @@ def _train(cfg: config.Config, accelerator: Accelerator) -> Path:
             "world": world,
             "device": str(accelerator.device),
             "mixed_precision": accelerator.mixed_precision,
+            "params_g": sum(p.numel() for p in G_raw.parameters()),
+            "params_d": sum(p.numel() for p in D_raw.parameters()),
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.print(

@@ -69,7 +69,7 @@ def test_fully_convolutional_g_refuses_a_latent_that_is_not_an_image():
         models.build_generator("v1_g", 100)
 
 
-def test_ema_follows_the_exponential_moving_average():
+def test_ema_follows_the_exponential_moving_average_after_its_warm_up():
     from distgan.steps import EMA
 
     G = torch.nn.Linear(2, 1)
@@ -77,6 +77,10 @@ def test_ema_follows_the_exponential_moving_average():
     start = G.weight.detach().clone()
     with torch.no_grad():
         G.weight.add_(1.0)
+    ema.update()  # warm-up: the first update keeps only 2/11 of the old average
+    assert torch.allclose(ema.model.weight, (2 / 11) * start + (9 / 11) * (start + 1.0))
+    ema.updates = 1000  # past the warm-up: the configured decay
+    before = ema.model.weight.detach().clone()
     ema.update()
-    assert torch.allclose(ema.model.weight, 0.9 * start + 0.1 * (start + 1.0))
+    assert torch.allclose(ema.model.weight, 0.9 * before + 0.1 * G.weight)
     assert not ema.model.weight.requires_grad and not ema.model.training

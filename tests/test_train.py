@@ -171,3 +171,49 @@ def test_settings_the_cpu_cannot_honour_are_refused(mnist_root, tmp_path, overri
     )
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "x").exists()  # nothing left behind: the same command, fixed, can run again
+
+
+def test_wandb_dashboard_holds_losses_grad_norms_speed_evaluations_and_grid(tmp_path):
+    run = train(
+        tmp_path,
+        "dash",
+        "data.dataset=synthetic",
+        "train.epochs=2",
+        "train.log_every=8",
+        "eval.every_epochs=1",
+        "eval.samples=200",
+        "output.tracker=wandb",
+        "output.wandb_group=my-report",
+        "model.ema_decay=null",
+    )
+    run_file = next((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    logged = wandb_reader.history(run_file)
+    keys = set().union(*logged)
+    for key in (
+        "train/loss_d",
+        "train/loss_g",
+        "train/d_real",
+        "train/d_fake",
+        "train/grad_norm_d",
+        "train/grad_norm_g",
+        "epoch/img_per_s",
+        "epoch/lr_g",
+        "epoch/lr_d",
+        "eval/fid",
+        "eval/is",
+        "eval/classes_covered",
+        "eval/precision",
+        "eval/recall",
+        "eval/class_shares/9",
+    ):
+        assert key in keys, key
+    norms = [r for r in logged if "train/grad_norm_d" in r]
+    assert [r["_step"] for r in norms] == [0, 8, 16, 24]  # measured on logging steps only (32 steps per epoch)
+    assert all(r["train/grad_norm_d"] > 0 and r["train/grad_norm_g"] > 0 for r in norms)
+    assert [r["eval/fid"] > 0 for r in logged if "eval/fid" in r] == [True, True]  # one evaluation per epoch
+    assert any(r.get("samples/_type") == "images/separated" for r in logged)
+    info = wandb_reader.run_info(run_file)
+    assert info["name"] == "dash" and info["group"] == "my-report" and info["job_type"] == "default"
+    assert {"default", "world1", "seed0", "no"} <= set(info["tags"])
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert [e["epoch"] for e in evals] == [1, 2] and len(evals[0]["class_shares"]) == 10

@@ -60,3 +60,12 @@ def config(path: Path) -> dict:
             for item in rec.config.update:
                 out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return out
+
+
+def run_info(path: Path) -> dict:
+    """The run record: name, group, job type, tags."""
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "run":
+            r = rec.run
+            return {"name": r.display_name, "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags)}
+    raise ValueError(f"{path} holds no run record")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -55,8 +56,21 @@ class MLPGenerator(nn.Module):
         return rearrange(self.net(z).sigmoid(), "b (c h w) -> b c h w", c=1, h=28)
 
 
+class MinibatchStd(nn.Module):
+    """Appends one feature: the mean over features of their standard deviation across the batch
+    (Karras et al., 2018). A generator that collapses to few modes makes that number small, so D can
+    tell its batches from real ones. It couples the samples of a batch, as BatchNorm does: D must see
+    real and fake batches apart (``train.d_forward`` auto does so)."""
+
+    couples_batch = True
+
+    def forward(self, h: Tensor) -> Tensor:
+        std = h.float().std(0, unbiased=False).mean().to(h.dtype)
+        return torch.cat([h, std.expand(len(h), 1)], dim=1)
+
+
 class MLPDiscriminator(nn.Module):
-    """(1, 28, 28) -> flattened -> hidden Linear blocks -> one logit."""
+    """(1, 28, 28) -> flattened -> hidden Linear blocks -> [minibatch std] -> one logit."""
 
     def __init__(
         self,
@@ -64,11 +78,14 @@ class MLPDiscriminator(nn.Module):
         batchnorm: bool = False,
         dropout: float = 0.0,
         leak: float = 0.2,
+        minibatch_std: bool = False,
     ):
         super().__init__()
         widths = [28 * 28, *hidden]
         layers = mlp_stack(widths, batchnorm, dropout, leak)
-        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
+        if minibatch_std:
+            layers.append(MinibatchStd())
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1] + int(minibatch_std), 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(rearrange(x, "b c h w -> b (c h w)")).squeeze(1)

@@ -1,0 +1,431 @@
+"""Train several configs (and seeds) the same way and compare them: tables, curves, a montage, a W&B group.
+
+    python -m distgan.compare configs/v3.2.yaml configs/v5.yaml configs/default.yaml --epochs 3 \\
+        --seeds 0,1 --out reports/blog
+
+Each (config, seed) becomes one run under ``--runs-dir`` named ``<config>-s<seed>-e<epochs>-<hash>``, the
+hash covering its whole resolved config. A finished run (``summary.json``) whose stored config matches is
+reused, not retrained; so re-running a comparison, or adding a config to it, trains only what is new.
+Runs are launched as ``python -m distgan.train`` subprocesses, or under ``--launcher`` (for example
+``"accelerate launch --config_file launch/cpu_multi.yaml --num_processes 2"``).
+
+``--out`` receives: ``report.md`` (the table, the pictures, the runs), ``table.csv`` (one row per config:
+mean and spread over seeds), ``runs.csv`` (one row per run), ``curves.png`` (FID and losses against
+epochs, one line per config), ``montage.png`` (rows = configs, columns = epochs, the same fixed z).
+Everything but the timing columns (``wall_s``, ``img_per_s``) is a pure function of the configs and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from distgan import config
+
+TIMING = ("wall_s", "img_per_s")
+METRICS = (
+    "final_fid",
+    "best_fid",
+    "best_epoch",
+    "is",
+    "classes_covered",
+    "class_min",
+    "class_max",
+    "precision",
+    "recall",
+    "epochs_to_fid",
+    *TIMING,
+    "params_g",
+    "params_d",
+)
+NAMING_KEYS = {("output", "name"), ("output", "dir"), ("output", "wandb_group")}  # where a run lives, not what it is
+
+
+class CompareError(RuntimeError):
+    """A comparison cannot go on; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- planning and training
+
+
+def _identity(resolved: dict) -> dict:
+    return {
+        s: {k: v for k, v in sec.items() if (s, k) not in NAMING_KEYS} if isinstance(sec, dict) else sec
+        for s, sec in resolved.items()
+    }
+
+
+def _matches(planned, stored) -> bool:
+    """Stored equals planned wherever the plan fixes a value (None: the run resolves it, e.g. threads)."""
+    if isinstance(planned, dict):
+        return isinstance(stored, dict) and all(_matches(v, stored.get(k)) for k, v in planned.items())
+    return planned is None or planned == stored
+
+
+def _stored_config(run: Path) -> dict | None:
+    try:
+        return config.from_dict(yaml.safe_load((run / "config.yaml").read_text())).to_dict()
+    except (OSError, yaml.YAMLError, config.ConfigError):
+        return None
+
+
+def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], runs_dir: Path, group: str) -> list[dict]:
+    """One entry per (config, seed): its overrides, run folder and whether a finished twin exists."""
+    out = []
+    for path in configs:
+        for seed in seeds:
+            overrides = [
+                "eval.every_epochs=1",
+                *sets,
+                f"train.epochs={epochs}",
+                f"train.seed={seed}",
+                f"output.dir={runs_dir}",
+                f"output.wandb_group={group}",
+            ]
+            cfg = config.load(path, overrides)
+            ident = _identity(cfg.to_dict())
+            digest = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=4).hexdigest()
+            name = f"{cfg.name}-s{seed}-e{epochs}-{digest}"
+            run = runs_dir / name
+            reuse = False
+            if run.exists():
+                stored = _stored_config(run)
+                if not (run / "summary.json").is_file() or stored is None:
+                    raise CompareError(f"{run} holds an unfinished run; delete it (or move it) and compare again")
+                if not _matches(ident, _identity(stored)):
+                    raise CompareError(f"{run} holds a run of another config; delete it and compare again")
+                reuse = True
+            out.append(
+                {
+                    "config": path,
+                    "name": cfg.name,
+                    "seed": seed,
+                    "run": run,
+                    "reuse": reuse,
+                    "overrides": [*overrides, f"output.name={name}"],
+                }
+            )
+    return out
+
+
+def train_all(entries: list[dict], launcher: list[str]) -> None:
+    for e in entries:
+        if e["reuse"]:
+            print(f"compare: reusing {e['run']} (finished, same config)", flush=True)
+            continue
+        cmd = [*launcher, "-m", "distgan.train", "--config", e["config"], *e["overrides"]]
+        print(f"compare: {' '.join(map(shlex.quote, cmd))}", flush=True)
+        proc = subprocess.run(cmd, check=False)
+        if proc.returncode:
+            raise CompareError(
+                f"training {e['config']} (seed {e['seed']}) failed with exit code {proc.returncode}; "
+                f"its output is above, its run folder is {e['run']}"
+            )
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def read_run(run: Path, fid_threshold: float) -> dict:
+    """Per-epoch curves and the table's numbers for one finished run."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    summary = json.loads((run / "summary.json").read_text())
+    evals = [r for r in rows if r.get("event") == "eval"]
+    ends = [r for r in rows if r.get("event") == "epoch_end"]
+    steps = [r for r in rows if "loss_d" in r]
+    losses = {"loss_d": [], "loss_g": []}
+    start = 0
+    for end in ends:  # the mean of each epoch's step losses
+        chunk = [r for r in steps if start <= r["step"] < end["step"]]
+        for key in losses:
+            vals = [r[key] for r in chunk if r[key] is not None]
+            losses[key].append(float(np.mean(vals)) if vals else math.nan)
+        start = end["step"]
+    fids = [r["fid"] for r in evals]
+    last = evals[-1] if evals else {}
+    best = int(np.argmin(fids)) if fids else None
+    reached = [r["epoch"] for r in evals if r["fid"] <= fid_threshold]
+    return {
+        "epochs": [r["epoch"] for r in evals],
+        "fid": fids,
+        "loss_epochs": [r["epoch"] for r in ends],
+        **losses,
+        "final_fid": last.get("fid"),
+        "best_fid": fids[best] if fids else None,
+        "best_epoch": evals[best]["epoch"] if fids else None,
+        "is": last.get("is"),
+        "classes_covered": last.get("classes_covered"),
+        "class_min": last.get("class_min"),
+        "class_max": last.get("class_max"),
+        "precision": last.get("precision"),
+        "recall": last.get("recall"),
+        "epochs_to_fid": reached[0] if reached else None,
+        "wall_s": summary["seconds"],
+        "img_per_s": summary["img_per_s"],
+        "params_g": summary.get("params_g"),
+        "params_d": summary.get("params_d"),
+    }
+
+
+def _stats(values: list) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def aggregate(entries: list[dict]) -> list[dict]:
+    """One row per config, in the order given: mean and spread (sample std) over its seeds."""
+    table = []
+    for name in dict.fromkeys(e["name"] for e in entries):
+        mine = [e for e in entries if e["name"] == name]
+        row = {"config": name, "seeds": " ".join(str(e["seed"]) for e in mine)}
+        for key in METRICS:
+            mean, std = _stats([e["result"][key] for e in mine])
+            row[key], row[f"{key}_std"] = mean, std
+        row["reached"] = f"{sum(e['result']['epochs_to_fid'] is not None for e in mine)}/{len(mine)}"
+        table.append(row)
+    return table
+
+
+# --------------------------------------------------------------------------- writing the report
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def markdown_table(table: list[dict], seeds: int, fid_threshold: float) -> str:
+    cols = [
+        ("FID final", "final_fid", 2),
+        ("FID best (epoch)", "best_fid", 2),
+        ("IS", "is", 3),
+        ("classes", "classes_covered", 1),
+        ("class share min/max %", None, 1),
+        ("precision", "precision", 3),
+        ("recall", "recall", 3),
+        (f"epoch FID<={fid_threshold:g}", "epochs_to_fid", 1),
+        ("wall s", "wall_s", 0),
+        ("img/s", "img_per_s", 0),
+        ("params G / D", None, 0),
+    ]
+    lines = ["| config | " + " | ".join(c for c, _, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in table:
+        cells = []
+        for title, key, digits in cols:
+            if title.startswith("class share"):
+                lo, hi = r["class_min"], r["class_max"]
+                cells.append("-" if lo is None else f"{100 * lo:.1f} / {100 * hi:.1f}")
+            elif title.startswith("params"):
+                cells.append(f"{_fmt(r['params_g'], 0)} / {_fmt(r['params_d'], 0)}")
+            else:
+                cell = _fmt(r[key], digits)
+                if key == "best_fid" and r["best_epoch"] is not None:
+                    cell += f" ({_fmt(r['best_epoch'], 1)})"
+                if seeds > 1 and r[f"{key}_std"] is not None and key not in ("params_g", "params_d"):
+                    cell += f" ± {_fmt(r[f'{key}_std'], digits)}"
+                if key == "epochs_to_fid" and seeds > 1:
+                    cell += f" [{r['reached']}]"
+                cells.append(cell)
+        lines.append(f"| {r['config']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(entries: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    for name in dict.fromkeys(e["name"] for e in entries):
+        mine = [e["result"] for e in entries if e["name"] == name]
+        for ax, key, xs_key in (
+            (axes[0], "fid", "epochs"),
+            (axes[1], "loss_d", "loss_epochs"),
+            (axes[2], "loss_g", "loss_epochs"),
+        ):
+            n = min(len(r[key]) for r in mine)
+            if n == 0:
+                continue
+            ys = np.array([r[key][:n] for r in mine], dtype=float)
+            xs = mine[0][xs_key][:n]
+            (line,) = ax.plot(xs, ys.mean(0), marker="o", label=name)
+            if len(mine) > 1:
+                ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+    for ax, title in zip(
+        axes, ("FID (evaluator features; lower is better)", "D loss (epoch mean)", "G loss (epoch mean)"), strict=True
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def montage_epochs(epochs: int, n: int = 4) -> list[int]:
+    return sorted({max(1, round(epochs * (i + 1) / n)) for i in range(n)})
+
+
+def plot_montage(entries: list[dict], columns: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    firsts = list({e["name"]: e for e in reversed(entries)}.values())[::-1]  # each config's first seed
+    fig, axes = plt.subplots(
+        len(firsts),
+        len(columns),
+        figsize=(2.4 * len(columns), 2.5 * len(firsts)),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for i, e in enumerate(firsts):
+        for j, epoch in enumerate(columns):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            png = e["run"] / "samples" / f"epoch-{epoch:03d}.png"
+            if png.is_file():
+                ax.imshow(np.asarray(Image.open(png)), cmap="gray", vmin=0, vmax=255)
+            if i == 0:
+                ax.set_title(f"epoch {epoch}")
+            if j == 0:
+                ax.set_ylabel(f"{e['name']} (seed {e['seed']})")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(entries: list[dict], out: Path, args: argparse.Namespace) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    table = aggregate(entries)
+    _write_csv(out / "table.csv", table)
+    per_run = [
+        {"config": e["name"], "seed": e["seed"], "run": e["run"].name, **{k: e["result"][k] for k in METRICS}}
+        for e in entries
+    ]
+    _write_csv(out / "runs.csv", per_run)
+    plot_curves(entries, out / "curves.png")
+    columns = montage_epochs(args.epochs) if args.montage_epochs is None else args.montage_epochs
+    plot_montage(entries, columns, out / "montage.png")
+    machine = f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    text = [
+        f"# Comparison: {out.name}",
+        "",
+        f"{len(table)} configs x seeds {', '.join(map(str, args.seeds))}, {args.epochs} epochs each; "
+        f"metrics from the last epoch's evaluation ({entries[0]['samples']} samples against the 10k test images, "
+        "in the features of distgan's evaluator). Mean ± sample std over seeds where there are several.",
+        "",
+        markdown_table(table, len(args.seeds), args.fid_threshold),
+        "",
+        "![curves](curves.png)",
+        "",
+        "![montage](montage.png)",
+        "",
+        "## Runs",
+        "",
+        *[f"- `{e['run']}` ({'reused' if e['reuse'] else 'trained'}): {e['config']} seed {e['seed']}" for e in entries],
+        "",
+        f"Machine: {machine}. Command: `{' '.join(map(shlex.quote, sys.argv))}`",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
+    return table
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distgan.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("configs", nargs="+", help="config YAML files, in the order the report lists them")
+    p.add_argument("--epochs", type=int, required=True, help="epochs for every run")
+    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
+    p.add_argument("--out", required=True, help="report folder, e.g. reports/blog; its name is the W&B group")
+    p.add_argument("--runs-dir", default="runs", help="where runs are made and looked up for reuse (default runs)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for every run, e.g. --set eval.samples=5000 (repeatable)",
+    )
+    p.add_argument("--fid-threshold", type=float, default=20.0, help="the table's 'epochs to reach FID' threshold")
+    p.add_argument("--montage-epochs", type=_int_list, help="montage columns (default: 4 evenly spaced epochs)")
+    p.add_argument(
+        "--launcher",
+        default=shlex.quote(sys.executable),
+        help="command that runs `-m distgan.train ...`, e.g. 'accelerate launch --num_processes 2'",
+    )
+    args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    if len(set(args.configs)) != len(args.configs):
+        p.error("a config is listed twice")
+    out = Path(args.out)
+    try:
+        for path in args.configs:
+            if not Path(path).is_file():
+                raise CompareError(f"config file {path} does not exist; the shipped ones are in configs/")
+        entries = plan(args.configs, args.seeds, args.epochs, args.sets, Path(args.runs_dir), out.name)
+        if len({e["name"] for e in entries}) != len(args.configs):
+            raise CompareError("two configs share a name; rename one (the report names rows by config name)")
+        if args.montage_epochs and not all(1 <= m <= args.epochs for m in args.montage_epochs):
+            raise CompareError(f"--montage-epochs must lie in 1..{args.epochs}")
+        train_all(entries, shlex.split(args.launcher))
+        for e in entries:
+            e["result"] = read_run(e["run"], args.fid_threshold)
+            evals = [json.loads(r) for r in (e["run"] / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]
+            e["samples"] = evals[-1]["samples"] if evals else 0
+            if e["result"]["final_fid"] is None:
+                raise CompareError(f"{e['run']} has no evaluation; was eval.every_epochs set to 0?")
+        table = write_report(entries, out, args)
+    except (CompareError, config.ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(markdown_table(table, len(args.seeds), args.fid_threshold))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
