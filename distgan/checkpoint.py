@@ -2,18 +2,24 @@
 
 Layout of a run folder's ``checkpoints/``::
 
-    epoch-003/model.safetensors   G.* and D.* tensors; metadata holds the resolved config and counters
-    epoch-003/state.json          the same config and counters, readable without any library
+    epoch-003/model.safetensors   G.*, D.* and G_ema.* tensors; metadata holds the resolved config and counters
+    epoch-003/train.safetensors   what exact resumption needs besides: both optimizers' tensors, every
+                                  rank's RNG states (structure and scalars in state.json)
+    epoch-003/state.json          config, counters, optimizer structure, scaler, versions: plain JSON
     latest                        the name of the newest complete checkpoint
+    best                          the name of the checkpoint with the lowest FID (when evaluated)
 
 A checkpoint is written under a hidden temporary name, fsynced, then renamed, so a crash mid-save
-leaves the previous one valid. ``model.safetensors`` alone is enough to rebuild G (``distgan.sample``).
+leaves the previous one valid; older checkpoints are pruned only after the new one is complete.
+``model.safetensors`` alone is enough to rebuild G (``distgan.sample``). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 MODEL_FILE = "model.safetensors"
+TRAIN_FILE = "train.safetensors"
 STATE_FILE = "state.json"
+TAG = re.compile(r"^(epoch-\d{3,}|step-\d{6,})$")
 
 
 class CheckpointError(RuntimeError):
@@ -48,20 +56,59 @@ def state_tensors(**modules: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def save(ckpt_dir: Path, tag: str, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
-    """Write ``ckpt_dir/tag`` atomically and point ``ckpt_dir/latest`` at it; return its folder."""
+def _write_pointer(ckpt_dir: Path, name: str, tag: str) -> None:
+    pointer = ckpt_dir / f".{name}.tmp"
+    with open(pointer, "w") as f:
+        f.write(tag + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(pointer, ckpt_dir / name)
+    _fsync_dir(ckpt_dir)
+
+
+def read_pointer(ckpt_dir: Path, name: str) -> str | None:
+    try:
+        return (ckpt_dir / name).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def save(
+    ckpt_dir: Path,
+    tag: str,
+    tensors: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    train_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``ckpt_dir/tag`` atomically and point ``ckpt_dir/latest`` at it; return its folder.
+
+    Any failure (a full disk, a kill) leaves the previous checkpoints and ``latest`` as they were."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final, tmp = ckpt_dir / tag, ckpt_dir / f".{tag}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    metadata = {"format": "pt", **{k: json.dumps(v) for k, v in info.items()}}
-    save_file(tensors, tmp / MODEL_FILE, metadata=metadata)
-    with open(tmp / STATE_FILE, "w") as f:
-        json.dump(info, f, indent=2)
-    for name in (MODEL_FILE, STATE_FILE):
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        metadata = {"format": "pt", **{k: json.dumps(v) for k, v in info.items() if k != "train"}}
+        save_file(tensors, tmp / MODEL_FILE, metadata=metadata)
+        names = [MODEL_FILE, STATE_FILE]
+        if train_tensors is not None:
+            save_file(train_tensors, tmp / TRAIN_FILE, metadata={"format": "pt"})
+            names.append(TRAIN_FILE)
+        with open(tmp / STATE_FILE, "w") as f:
+            json.dump(info, f, indent=2)
+        for name in names:
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            previous = read_pointer(ckpt_dir, "latest")
+            raise CheckpointError(
+                f"no space left on the device while saving {final}: free some space or set output.dir to "
+                f"another disk; the previous checkpoint ({previous or 'none'}) is intact"
+            ) from None
+        raise
     if final.exists():  # re-saving a tag (e.g. after a resume): swap, then drop the old copy
         old = ckpt_dir / f".{tag}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -70,14 +117,36 @@ def save(ckpt_dir: Path, tag: str, tensors: dict[str, torch.Tensor], info: dict[
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
-    pointer = ckpt_dir / ".latest.tmp"
-    with open(pointer, "w") as f:
-        f.write(tag + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(pointer, ckpt_dir / "latest")
-    _fsync_dir(ckpt_dir)
+    _write_pointer(ckpt_dir, "latest", tag)
     return final
+
+
+def mark_best(ckpt_dir: Path, tag: str) -> None:
+    _write_pointer(ckpt_dir, "best", tag)
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> list[str]:
+    """Delete all but the newest ``keep_last`` checkpoints (0: keep all), never ``latest`` or ``best``;
+    return the deleted tags. Leftovers of interrupted saves (hidden .tmp folders) go too."""
+    for leftover in ckpt_dir.glob(".*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    if keep_last <= 0:
+        return []
+    tags = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and TAG.match(p.name)), key=_order)
+    keep = {read_pointer(ckpt_dir, "latest"), read_pointer(ckpt_dir, "best")}
+    doomed = [p for p in tags[:-keep_last] if p.name not in keep]
+    for p in doomed:
+        shutil.rmtree(p)
+    return [p.name for p in doomed]
+
+
+def _order(folder: Path) -> int:
+    """Checkpoints sort by training step (epoch-NNN and step-NNNNNN tags count different things)."""
+    try:
+        return json.loads((folder / STATE_FILE).read_text())["counters"]["step"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return -1
 
 
 def resolve(path: str | Path) -> Path:
@@ -121,3 +190,53 @@ def module_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
     """The state_dict of one network ('G' or 'D') out of a checkpoint's flat tensors."""
     cut = len(prefix) + 1
     return {k[cut:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def load_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """(model tensors, training-state tensors, state.json) of a checkpoint, for an exact resume."""
+    folder = resolve(path).parent
+    tensors, _ = load(folder)
+    try:
+        info = json.loads((folder / STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no {STATE_FILE}; it can be sampled from but not resumed") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / STATE_FILE} is unreadable ({e}); resume from an older checkpoint") from None
+    if "train" not in info or not (folder / TRAIN_FILE).is_file():
+        raise CheckpointError(
+            f"{folder} holds weights but no training state ({TRAIN_FILE}); it can be sampled from but not resumed"
+        )
+    try:
+        with safetensors.safe_open(str(folder / TRAIN_FILE), framework="pt") as f:
+            train = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # noqa: BLE001 (SafetensorError and friends)
+        raise CheckpointError(
+            f"{folder / TRAIN_FILE} is not a readable safetensors file ({e}); it may be truncated: resume from "
+            "an older checkpoint"
+        ) from None
+    return tensors, train, info
+
+
+def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state_dict as flat tensors ``prefix.<param>.<key>`` plus a JSON-able rest."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.{idx}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict, prefix: str) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix + "."):
+            idx, key = name[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})

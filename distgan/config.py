@@ -11,8 +11,10 @@ taking ``batch_size / world_size``. No learning-rate rule is applied when the wo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,6 +131,8 @@ class OutputConfig:
     grid_seed: int = 0
     """Seed of the fixed z behind every epoch's 8x8 grid (kept apart from train.seed on purpose)."""
     checkpoint_every_epochs: int = 1
+    keep_checkpoints: int = 3
+    """Keep the newest this many checkpoints (plus ``best``, the lowest FID); 0 keeps every one."""
     sample_every_epochs: int = 1
 
 
@@ -233,6 +237,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     raise TypeError(f"unsupported config annotation {tp} at {key}")  # a bug in this module, not user input
 
@@ -310,9 +316,10 @@ def from_dict(data: dict) -> Config:
     return cfg
 
 
-def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a YAML config over the defaults, apply dotted overrides, validate."""
-    data: dict = {}
+def load(path: str | Path | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None) -> Config:
+    """Read a YAML config (or take ``base``, e.g. a checkpoint's config) over the defaults, apply dotted
+    overrides, validate."""
+    data: dict = copy.deepcopy(base) if base is not None else {}
     if path is not None:
         data = _read_yaml(Path(path))
         data.setdefault("name", Path(path).stem)
@@ -380,6 +387,7 @@ def validate(cfg: Config) -> None:
     need(e.samples > e.pr_k, f"eval.samples must exceed eval.pr_k ({e.pr_k}), got {e.samples}")
     o = cfg.output
     need(o.checkpoint_every_epochs >= 1, "output.checkpoint_every_epochs must be >= 1")
+    need(o.keep_checkpoints >= 0, f"output.keep_checkpoints must be >= 0 (0: keep all), got {o.keep_checkpoints}")
     need(o.sample_every_epochs >= 1, "output.sample_every_epochs must be >= 1")
     need(
         bool(cfg.name) and "/" not in cfg.name,
@@ -393,6 +401,7 @@ def check_registries(cfg: Config) -> None:
 
     models.check_spec("g", cfg.model.g, cfg.model.g_args)
     models.check_spec("d", cfg.model.d, cfg.model.d_args)
+    models.check_build(cfg.model)
     for net in ("d", "g"):
         name = getattr(cfg.loss, net)
         if name not in losses.LOSSES:
@@ -404,3 +413,35 @@ def check_registries(cfg: Config) -> None:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# What a checkpoint's training depends on: resuming with any of these changed would not continue that
+# training but start another one from its weights. Everything else (epochs, learning rates, logging,
+# evaluation, output, threads, precision) may change on resume.
+RESUME_IDENTITY = (
+    "data",
+    "model",
+    "loss",
+    "train.seed",
+    "train.batch_size",
+    "train.d_steps",
+    "train.g_steps",
+    "train.d_forward",
+)
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """'key: saved -> current' for every identity key that differs between two resolved configs."""
+
+    def leaves(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(
+                leaves(v, key + ".") if isinstance(v, dict) and k in ("data", "model", "loss", "train") else {key: v}
+            )
+        return out
+
+    a, b = leaves(saved), leaves(current)
+    keys = [k for k in sorted(set(a) | set(b)) if any(k == i or k.startswith(i + ".") for i in RESUME_IDENTITY)]
+    return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]

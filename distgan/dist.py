@@ -123,3 +123,19 @@ def check_ranks_agree(accelerator: Accelerator, **modules: nn.Module) -> list[fl
             "update. Please report it with the run's config.yaml; no checkpoint was written."
         )
     return everyone.sum(1).tolist()
+
+
+def rng_states(accelerator: Accelerator) -> dict[str, Tensor]:
+    """Every rank's torch RNG states, gathered: {'rng.cpu': (world, n) uint8, 'rng.cuda': ...}. Collective."""
+    states = {"cpu": torch.get_rng_state()}
+    if accelerator.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(accelerator.device)
+    return {f"rng.{k}": accelerator.gather(v.to(accelerator.device)[None]).cpu() for k, v in states.items()}
+
+
+def set_rng_states(accelerator: Accelerator, tensors: dict[str, Tensor]) -> None:
+    """Restore this rank's RNG states from :func:`rng_states`' output (same world size)."""
+    rank = accelerator.process_index
+    torch.set_rng_state(tensors["rng.cpu"][rank].clone())  # a fresh tensor: set_rng_state misreads a row view
+    if "rng.cuda" in tensors and accelerator.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"][rank].clone(), accelerator.device)

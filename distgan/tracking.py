@@ -47,6 +47,22 @@ def wandb_configured() -> bool:
         return False
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or a weight became NaN or infinite; every rank raises it at the same step."""
+
+    def __init__(self, what: str, step: int, advice: str = ""):
+        super().__init__(f"{what} became non-finite (NaN or inf) at step {step}" + (f". {advice}" if advice else ""))
+        self.what, self.step = what, step
+
+
+NETWORK_OF = {
+    "loss_d": "D's loss",
+    "loss_g": "G's loss",
+    "d_real": "D's output on real images",
+    "d_fake": "D's output on generated images",
+}
+
+
 class StepBuffer:
     """Per-step metrics kept on the device; drained with one transfer."""
 
@@ -66,7 +82,12 @@ class StepBuffer:
         if not self.steps:
             return []
         n = len(self.steps)
-        values = accelerator.reduce(self.values[:n].clone(), reduction="mean").tolist()
+        reduced = accelerator.reduce(self.values[:n].clone(), reduction="mean")
+        bad = ~torch.isfinite(reduced[:, :4])  # the same on every rank after the reduction: all stop together
+        if bad.any():
+            row, col = bad.nonzero()[0].tolist()
+            raise NonFiniteError(NETWORK_OF[STEP_KEYS[col]], self.steps[row])
+        values = reduced.tolist()
         rows = [
             {"step": s, **{k: (None if math.isnan(v) else v) for k, v in zip(STEP_KEYS, vals, strict=True)}}
             for s, vals in zip(self.steps, values, strict=True)
@@ -79,11 +100,27 @@ class StepBuffer:
 class RunLog:
     """metrics.jsonl + W&B for one run (no-ops on non-main ranks)."""
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, config: dict, use_wandb: bool, project: str):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        run_dir: Path,
+        config: dict,
+        use_wandb: bool,
+        project: str,
+        wandb_id: str,
+        keep_bytes: int | None = None,
+    ):
+        """``keep_bytes``: resuming, cut metrics.jsonl back to what it held when the checkpoint was saved.
+        ``wandb_id``: the same id on resume continues the same W&B run."""
         self.acc = accelerator
         self.main = accelerator.is_main_process
         self.wandb = False
-        self.file = open(run_dir / "metrics.jsonl", "a") if self.main else None  # noqa: SIM115 (closed in close())
+        self.file = None
+        if self.main:
+            path = run_dir / "metrics.jsonl"
+            if keep_bytes is not None and path.exists():
+                os.truncate(path, keep_bytes)
+            self.file = open(path, "a")  # noqa: SIM115 (closed in close())
         if use_wandb:
             if not wandb_configured():
                 os.environ["WANDB_MODE"] = "offline"  # env, not an init argument, so users can still override
@@ -95,6 +132,8 @@ class RunLog:
                     init_kwargs={
                         "wandb": {
                             "name": run_dir.name,
+                            "id": wandb_id,
+                            "resume": "allow",
                             "dir": str(run_dir),
                             "group": config["output"]["wandb_group"] or config["name"],
                             "job_type": config["name"],
@@ -123,6 +162,10 @@ class RunLog:
                 if values:
                     self.acc.log(values, step=row["step"])
         self.file.flush()
+
+    def position(self) -> int:
+        """Bytes written to metrics.jsonl so far (main process; 0 elsewhere)."""
+        return self.file.tell() if self.file is not None else 0
 
     def event(self, row: dict, section: str | None = "epoch") -> None:
         """A non-step record (epoch start or end, evaluation): written as is, to W&B under ``section/``."""

@@ -158,7 +158,6 @@ def test_bf16_trains_on_cpu_with_float32_losses(mnist_root, tmp_path):
         ("train.mixed_precision=fp16", "fp16 is not available on the CPU"),
         ("model.sync_bn=true", "model.sync_bn=true needs CUDA GPUs"),
         ("train.batch_size=70000", "exceeds the dataset"),
-        ("model.g=v1_g", "set model.z_dim=784"),
     ],
 )
 def test_settings_the_cpu_cannot_honour_are_refused(mnist_root, tmp_path, override, message):
@@ -208,7 +207,7 @@ def test_wandb_dashboard_holds_losses_grad_norms_speed_evaluations_and_grid(tmp_
     ):
         assert key in keys, key
     norms = [r for r in logged if "train/grad_norm_d" in r]
-    assert [r["_step"] for r in norms] == [0, 8, 16, 24]  # measured on logging steps only (32 steps per epoch)
+    assert [r["_step"] for r in norms] == list(range(0, 64, 8))  # measured on logging steps only (2 x 32 steps)
     assert all(r["train/grad_norm_d"] > 0 and r["train/grad_norm_g"] > 0 for r in norms)
     assert [r["eval/fid"] > 0 for r in logged if "eval/fid" in r] == [True, True]  # one evaluation per epoch
     assert any(r.get("samples/_type") == "images/separated" for r in logged)

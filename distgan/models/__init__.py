@@ -136,6 +136,23 @@ def build_pair(model_cfg) -> tuple[nn.Module, nn.Module]:
     )
 
 
+def check_build(model_cfg) -> None:
+    """Build both networks on the meta device (no memory, no compute): argument values of the wrong type
+    or shape fail here, as a config error, not as a traceback at the start of training."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            build_pair(model_cfg)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError, IndexError, OverflowError) as e:
+        raise ConfigError(
+            f"model: {model_cfg.g} / {model_cfg.d} cannot be built from g_args={model_cfg.g_args} "
+            f"d_args={model_cfg.d_args}: {e}"
+        ) from None
+
+
 def weight_bytes(module: nn.Module) -> int:
     """Bytes of float32 weights as saved: parameters and buffers (what a checkpoint of it holds)."""
     tensors = list(module.parameters()) + list(module.buffers())

@@ -1,0 +1,209 @@
+"""Bad input: every mistake gets an error that says what to do, and nothing already saved is touched.
+Plus a property test of the config loader and a scan of the package for pickle."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import hashlib
+import shutil
+import typing
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from distgan import config, data
+from distgan import train as train_module
+from tests.conftest import REPO
+
+SMALL = ["data.dataset=synthetic", "train.epochs=1", "output.tracker=none", "train.threads=1"]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A folder holding one finished run (the work that must survive every mistake) and bad files."""
+    ws = tmp_path_factory.mktemp("ws")
+    assert (
+        train_module.main(["--config", "configs/default.yaml", *SMALL, f"output.dir={ws / 'runs'}", "output.name=prev"])
+        == 0
+    )
+    ckpt = ws / "runs" / "prev" / "checkpoints" / "epoch-001"
+    bad = ws / "bad"
+    bad.mkdir()
+    (bad / "malformed.yaml").write_text("train: {epochs: 3\n  batch_size: [\n")
+    (bad / "list.yaml").write_text("- 1\n- 2\n")
+    for name in ("truncated", "garbage", "foreign", "no_train", "bad_state"):
+        shutil.copytree(ckpt, bad / name)
+    model = (ckpt / "model.safetensors").read_bytes()
+    (bad / "truncated" / "model.safetensors").write_bytes(model[: len(model) // 2])
+    (bad / "garbage" / "model.safetensors").write_bytes(b"\x07" * 4096)
+    save_file({"weight": __import__("torch").zeros(3)}, bad / "foreign" / "model.safetensors")
+    (bad / "no_train" / "train.safetensors").unlink()
+    (bad / "bad_state" / "state.json").write_text("{not json")
+    (bad / "a_file").write_text("x")
+    return ws
+
+
+def cases(ws: Path) -> list[tuple[str, list[str], int, str]]:
+    cfg = ["--config", "configs/default.yaml", *SMALL, f"output.dir={ws / 'runs'}"]
+    bad = ws / "bad"
+    prev = ws / "runs" / "prev"
+    return [
+        ("malformed YAML", ["--config", str(bad / "malformed.yaml")], 2, "is not valid YAML"),
+        ("YAML that is not a mapping", ["--config", str(bad / "list.yaml")], 2, "must hold a mapping"),
+        ("missing config file", ["--config", str(bad / "nope.yaml")], 2, "does not exist"),
+        ("unknown key", [*cfg, "train.epoch=3"], 2, "Did you mean 'train.epochs'?"),
+        ("unknown section", [*cfg, "trian.epochs=3"], 2, "Did you mean 'train'?"),
+        ("wrong type", [*cfg, "train.epochs=three"], 2, "train.epochs: expected an integer"),
+        ("out of range", [*cfg, "train.epochs=0"], 2, "train.epochs must be >= 1"),
+        ("label range", [*cfg, "loss.real_label=[1.2, 1.3]"], 2, "must satisfy 0 <= low <= high <= 1"),
+        ("non-finite number", [*cfg, "optim.g.lr=.nan"], 2, "expected a finite number"),
+        ("unknown model", [*cfg, "model.g=resnet"], 2, "model.g: unknown model 'resnet'. Choose from"),
+        ("model that cannot take this latent", [*cfg, "model.g=v1_g", "model.g_args={}"], 2, "set model.z_dim=784"),
+        ("model argument of a wrong type", [*cfg, "model.g_args={hidden: abc}"], 2, "model.g_args"),
+        ("override without '='", [*cfg, "train.epochs"], 2, "must look like section.key=value"),
+        ("too few evaluation samples", [*cfg, "eval.samples=2"], 2, "eval.samples must exceed"),
+        (
+            "unwritable output folder",
+            [*cfg, f"output.dir={bad / 'a_file' / 'runs'}", "output.name=x"],
+            1,
+            "cannot create the run folder",
+        ),
+        ("existing run without --resume", [*cfg, "output.name=prev"], 1, "already holds a run"),
+        ("fp16 on a CPU", [*cfg, "train.mixed_precision=fp16", "output.name=x"], 1, "fp16 is not available on the CPU"),
+        ("resume: missing path", [*cfg, "--resume", str(bad / "nothing")], 1, "no checkpoint at"),
+        ("resume: truncated checkpoint", ["--resume", str(bad / "truncated")], 1, "it may be truncated"),
+        ("resume: not safetensors", ["--resume", str(bad / "garbage")], 1, "not a readable safetensors file"),
+        ("resume: foreign safetensors", ["--resume", str(bad / "foreign")], 1, "not a distgan checkpoint"),
+        ("resume: no training state", ["--resume", str(bad / "no_train")], 1, "can be sampled from but not resumed"),
+        ("resume: corrupt state.json", ["--resume", str(bad / "bad_state")], 1, "state.json is unreadable"),
+        (
+            "resume: another architecture",
+            [*cfg, "model.g_args={hidden: [64], batchnorm: false}", "--resume", str(prev)],
+            1,
+            "model.g_args:",
+        ),
+        (
+            "resume: another dataset",
+            [*cfg, "data.dataset=mnist", "--resume", str(prev)],
+            1,
+            "data.dataset: 'synthetic' in the checkpoint, 'mnist' now",
+        ),
+    ]
+
+
+CASES = [c[0] for c in cases(Path("/x"))]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_a_clear_error_and_touches_nothing(workspace, capsys, case):
+    _, argv, code, message = next(c for c in cases(workspace) if c[0] == case)
+    before = snapshot(workspace)
+    assert train_module.main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err, err[-2000:]
+    assert "Traceback" not in err
+    assert snapshot(workspace) == before  # no file written, changed or removed
+    assert not (workspace / "runs" / "x").exists()
+
+
+def test_missing_or_corrupt_data_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    def unavailable(ds, root, log):
+        raise data.SourceUnavailable("offline (test)")
+
+    monkeypatch.setattr(data, "SOURCES", {"every source": unavailable})
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03 truncated")
+    argv = [
+        "--config",
+        "configs/default.yaml",
+        f"data.root={tmp_path / 'data'}",
+        f"output.dir={tmp_path / 'runs'}",
+        "output.tracker=none",
+    ]
+    assert train_module.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "could not prepare mnist" in err and "python -m distgan.data --dataset mnist" in err
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- the loader never tracebacks
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.sampled_from(["mlp_g", "mlp_d", "dcgan_g", "bce", "hinge", "auto", "mnist", "1e-4"]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+def section(cls: type) -> st.SearchStrategy:
+    """Mappings over a dataclass's fields: each value its default (often valid) or anything at all."""
+    fields = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        hint = typing.get_type_hints(cls)[f.name]
+        sub = section(hint) if dataclasses.is_dataclass(hint) else None
+        fields[f.name] = st.one_of(st.just(config.to_plain(default)), sub if sub is not None else VALUES)
+    extra = st.dictionaries(st.text(max_size=5), VALUES, max_size=1)
+    return st.tuples(st.fixed_dictionaries({}, optional=fields), extra).map(lambda t: {**t[0], **t[1]})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(section(config.Config), VALUES))
+def test_any_mapping_is_a_valid_config_or_a_config_error(data_in):
+    with contextlib.suppress(config.ConfigError):
+        config.from_dict(data_in)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_any_override_text_is_applied_or_a_config_error(text):
+    with contextlib.suppress(config.ConfigError):
+        config.load("configs/default.yaml", [text])
+
+
+def test_the_package_never_unpickles():
+    """No pickle import, no torch.load without weights_only=True, no torch.save (a pickle writer)."""
+    offences = []
+    for path in (REPO / "distgan").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib") for n in names):
+                    offences.append(f"{path.name}:{node.lineno} imports pickle")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "load" and getattr(node.func.value, "id", "") == "torch":
+                    ok = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+                    if not ok:
+                        offences.append(f"{path.name}:{node.lineno} torch.load without weights_only=True")
+                if node.func.attr == "save" and getattr(node.func.value, "id", "") == "torch":
+                    offences.append(f"{path.name}:{node.lineno} torch.save")
+    assert offences == []

@@ -1,0 +1,203 @@
+"""Never lose a run: exact resume after kill -9 or a signal (1 and 2 processes), NaN guard, interrupted saves."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distgan import checkpoint
+from tests.conftest import REPO, tiny_overrides
+from tests.test_distributed import BIN, free_port
+
+# MNIST subset, an MLP G with BatchNorm and Dropout (so RNG state matters), EMA, evaluation every 2 epochs:
+# every piece of state a resume must restore. 4 epochs of 128 steps.
+SETUP = [
+    "--config",
+    "configs/default.yaml",
+    "data.limit=8192",
+    "model.g_args={hidden: [128, 256], batchnorm: true, dropout: 0.3}",
+    "model.d_args={hidden: [256, 128]}",
+    "train.epochs=4",
+    "train.batch_size=64",
+    "train.log_every=16",
+    "eval.every_epochs=2",
+    "eval.samples=500",
+    "output.keep_checkpoints=0",
+]
+TIMING = {"seconds", "img_per_s"}
+
+
+def command(tmp_path: Path, name: str, nproc: int, *extra: str) -> tuple[list[str], dict]:
+    overrides = tiny_overrides(tmp_path, name, **({"train.threads": 1} if nproc > 1 else {}))
+    if nproc == 1:
+        return [sys.executable, "-m", "distgan.train", *SETUP, *overrides, *extra], dict(os.environ)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "NPROC": str(nproc),
+        "MASTER_PORT": str(free_port()),
+    }
+    return [str(REPO / "launch" / "cpu_multi.sh"), *SETUP, *overrides, *extra], env
+
+
+def run(tmp_path: Path, name: str, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    cmd, env = command(tmp_path, name, nproc, *extra)
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, env=env, timeout=600)
+
+
+def start(tmp_path: Path, name: str, nproc: int, *extra: str) -> subprocess.Popen:
+    cmd, env = command(tmp_path, name, nproc, *extra)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, start_new_session=True
+    )
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, tag: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while checkpoint.read_pointer(run_dir / "checkpoints", "latest") != tag:
+        assert proc.poll() is None, f"the run ended before {tag}: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, f"no {tag} within {timeout} s"
+        time.sleep(0.01)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without timing values and without the record of a requested stop."""
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        if row.get("event") != "stop":
+            out.append(row)
+    return out
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Bitwise-equal final weights (G, D, EMA) and optimizer states; identical metrics but for timing."""
+    wa, wb = (load_file(r / "checkpoints" / "epoch-004" / "model.safetensors") for r in (a, b))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])][:5]
+    ta, tb = (load_file(r / "checkpoints" / "epoch-004" / "train.safetensors") for r in (a, b))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta if k.startswith("opt_"))
+    ra, rb = rows(a), rows(b)
+    assert len(ra) == len(rb) and ra == rb
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, mnist_root) -> dict[int, Path]:
+    """The uninterrupted 4-epoch runs, on 1 and on 2 processes."""
+    base = tmp_path_factory.mktemp("straight")
+    out = {}
+    for nproc in (1, 2):
+        proc = run(base, f"straight{nproc}", nproc)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[nproc] = base / f"straight{nproc}"
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_kill_9_after_a_checkpoint_then_resume_is_bitwise_the_straight_run(straight, tmp_path, nproc):
+    proc = start(tmp_path, "killed", nproc)
+    run_dir = tmp_path / "killed"
+    wait_for_checkpoint(proc, run_dir, "epoch-002")
+    epoch_seconds = json.loads(
+        [r for r in (straight[nproc] / "metrics.jsonl").read_text().splitlines() if '"epoch_end"' in r][0]
+    )["seconds"]
+    time.sleep(random.uniform(0, 1.5 * epoch_seconds))  # a random moment in epoch 3 or 4
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists(), "killed before the end"
+    resumed = run(tmp_path, "killed", nproc, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout + resumed.stderr
+    assert_same_training(straight[nproc], run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(straight, tmp_path):
+    proc = start(tmp_path, "term", 1)
+    run_dir = tmp_path / "term"
+    wait_for_checkpoint(proc, run_dir, "epoch-001")
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by signal 15 at step" in err and "--resume" in err
+    tag = checkpoint.read_pointer(run_dir / "checkpoints", "latest")
+    assert tag != "epoch-001" and (run_dir / "checkpoints" / tag / "train.safetensors").is_file()
+    stops = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines() if '"stop"' in r]
+    assert len(stops) == 1 and stops[0]["checkpoint"] == f"checkpoints/{tag}"
+    resumed = run(tmp_path, "term", 1, "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(straight[1], run_dir)
+
+
+@pytest.mark.real_data
+def test_a_nan_stops_the_run_names_the_network_and_keeps_the_last_good_checkpoint(mnist_root, tmp_path):
+    first = run(tmp_path, "nan", 1, "train.epochs=1", "eval.every_epochs=0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpts = tmp_path / "nan" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in (ckpts / "epoch-001").iterdir()}
+    blown = run(
+        tmp_path,
+        "nan",
+        1,
+        "train.epochs=2",
+        "eval.every_epochs=0",
+        "optim.d.lr=1.0e30",
+        "optim.g.lr=1.0e30",
+        "--resume",
+        "auto",
+    )
+    assert blown.returncode == 1
+    assert "became non-finite (NaN or inf) at step" in blown.stderr and "loss" in blown.stderr
+    assert f"the last good checkpoint is {ckpts / 'epoch-001'}" in blown.stderr
+    assert checkpoint.read_pointer(ckpts, "latest") == "epoch-001"
+    assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["epoch-001"]
+    assert {p.name: p.read_bytes() for p in (ckpts / "epoch-001").iterdir()} == before
+
+
+@pytest.mark.real_data
+def test_a_save_interrupted_mid_write_leaves_a_resumable_previous_checkpoint(mnist_root, tmp_path, monkeypatch):
+    first = run(tmp_path, "cut", 1, "train.epochs=1", "eval.every_epochs=0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpts = tmp_path / "cut" / "checkpoints"
+    tensors, train, info = checkpoint.load_training_state(ckpts / "epoch-001")
+
+    def dies_mid_write(tensors, path, metadata=None):
+        Path(path).write_bytes(b"\x00" * 1000)  # half a file on disk, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", dies_mid_write)
+    with pytest.raises(
+        checkpoint.CheckpointError, match="no space left.*previous checkpoint \\(epoch-001\\) is intact"
+    ):
+        checkpoint.save(ckpts, "epoch-002", tensors, {**info, "counters": {**info["counters"], "step": 256}}, train)
+    monkeypatch.undo()
+    assert checkpoint.read_pointer(ckpts, "latest") == "epoch-001"
+    assert not list(ckpts.glob(".*tmp")) and not (ckpts / "epoch-002").exists()
+    resumed = run(tmp_path, "cut", 1, "train.epochs=2", "eval.every_epochs=0", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert checkpoint.read_pointer(ckpts, "latest") == "epoch-002"
+
+
+def test_pruning_keeps_the_newest_the_latest_and_the_best(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    t = {"w": torch.zeros(1)}
+    for i, tag in enumerate(["epoch-001", "epoch-002", "step-000250", "epoch-003", "epoch-004"]):
+        checkpoint.save(ckpts, tag, t, {"config": {}, "counters": {"step": 100 * (i + 1)}})
+    checkpoint.mark_best(ckpts, "epoch-001")
+    (ckpts / ".epoch-005.tmp").mkdir()  # a save that never finished
+    assert checkpoint.prune(ckpts, 2) == ["epoch-002", "step-000250"]
+    assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["epoch-001", "epoch-003", "epoch-004"]
