@@ -5,7 +5,8 @@
 
 Each (config, seed) becomes one run under ``--runs-dir`` named ``<config>-s<seed>-e<epochs>-<hash>``, the
 hash covering its whole resolved config. A finished run (``summary.json``) whose stored config matches is
-reused, not retrained; so re-running a comparison, or adding a config to it, trains only what is new.
+reused, not retrained, and an interrupted one is resumed from its last checkpoint; so re-running a
+comparison, or adding a config to it, trains only what is new.
 Runs are launched as ``python -m distgan.train`` subprocesses, or under ``--launcher`` (for example
 ``"accelerate launch --config_file launch/cpu_multi.yaml --num_processes 2"``).
 
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from distgan import config
+from distgan import checkpoint, config
 
 TIMING = ("wall_s", "img_per_s")
 METRICS = (
@@ -99,14 +100,15 @@ def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], run
             digest = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=4).hexdigest()
             name = f"{cfg.name}-s{seed}-e{epochs}-{digest}"
             run = runs_dir / name
-            reuse = False
+            reuse = resume = False
             if run.exists():
                 stored = _stored_config(run)
-                if not (run / "summary.json").is_file() or stored is None:
-                    raise CompareError(f"{run} holds an unfinished run; delete it (or move it) and compare again")
-                if not _matches(ident, _identity(stored)):
+                if stored is not None and not _matches(ident, _identity(stored)):
                     raise CompareError(f"{run} holds a run of another config; delete it and compare again")
-                reuse = True
+                reuse = (run / "summary.json").is_file()
+                resume = not reuse and checkpoint.read_pointer(run / "checkpoints", "latest") is not None
+                if not reuse and not resume:
+                    raise CompareError(f"{run} holds a run that never saved a checkpoint; delete it and compare again")
             out.append(
                 {
                     "config": path,
@@ -114,7 +116,7 @@ def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], run
                     "seed": seed,
                     "run": run,
                     "reuse": reuse,
-                    "overrides": [*overrides, f"output.name={name}"],
+                    "overrides": [*overrides, f"output.name={name}", *(["--resume", str(run)] if resume else [])],
                 }
             )
     return out

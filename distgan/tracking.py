@@ -125,30 +125,36 @@ class RunLog:
             if not wandb_configured():
                 os.environ["WANDB_MODE"] = "offline"  # env, not an init argument, so users can still override
             os.environ.setdefault("WANDB_DIR", str(run_dir))
-            try:
-                accelerator.init_trackers(
-                    project,
-                    config=config,
-                    init_kwargs={
-                        "wandb": {
-                            "name": run_dir.name,
-                            "id": wandb_id,
-                            "resume": "allow",
-                            "dir": str(run_dir),
-                            "group": config["output"]["wandb_group"] or config["name"],
-                            "job_type": config["name"],
-                            "tags": [
-                                config["name"],
-                                f"world{accelerator.num_processes}",
-                                f"seed{config['train']['seed']}",
-                                config["train"]["mixed_precision"] or "no",
-                            ],
-                        }
-                    },
-                )
-                self.wandb = self.main
-            except Exception as e:  # noqa: BLE001 (W&B can fail in many ways; none must stop training)
-                warnings.warn(f"W&B did not start ({e}); training goes on with metrics.jsonl only", stacklevel=2)
+            kwargs = {
+                "name": run_dir.name,
+                "id": wandb_id,
+                "resume": "allow",
+                "dir": str(run_dir),
+                "group": config["output"]["wandb_group"] or config["name"],
+                "job_type": config["name"],
+                "tags": [
+                    config["name"],
+                    f"world{accelerator.num_processes}",
+                    f"seed{config['train']['seed']}",
+                    config["train"]["mixed_precision"] or "no",
+                ],
+            }
+            for attempt in ("configured", "offline"):
+                try:
+                    accelerator.init_trackers(project, config=config, init_kwargs={"wandb": kwargs})
+                    self.wandb = self.main
+                    break
+                except Exception as e:  # noqa: BLE001 (W&B can fail in many ways; none must stop training)
+                    accelerator.trackers.clear()  # a tracker that failed to start would fail again at the end
+                    if attempt == "offline" or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+                        warnings.warn(
+                            f"W&B did not start ({e}); training goes on with metrics.jsonl only", stacklevel=2
+                        )
+                        break
+                    warnings.warn(
+                        f"W&B did not start ({e}); retrying offline (upload later with wandb sync)", stacklevel=2
+                    )
+                    kwargs["mode"] = "offline"  # the user's mode failed: this once, override it
 
     def rows(self, rows: list[dict], section: str | None = "train") -> None:
         """Records with a 'step': one JSON line each, and their numbers to W&B as ``section/key``

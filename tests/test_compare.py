@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,11 +95,16 @@ def test_the_same_comparison_twice_gives_the_same_tables_and_a_rerun_reuses_runs
     assert table(tmp_path / "report3" / "table.csv") == table(tmp_path / "report1" / "table.csv")
 
 
-def test_compare_refuses_unfinished_runs_missing_configs_and_bad_arguments(tmp_path):
+def test_compare_resumes_interrupted_runs_and_refuses_empty_ones_missing_configs_and_bad_arguments(tmp_path):
     paths = configs(tmp_path)
     entries = compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")
-    entries[0]["run"].mkdir(parents=True)  # a run that never finished
-    with pytest.raises(compare.CompareError, match="unfinished run"):
+    run = entries[0]["run"]
+    (run / "checkpoints" / "epoch-001").mkdir(parents=True)  # interrupted after its first checkpoint
+    (run / "checkpoints" / "latest").write_text("epoch-001\n")
+    again = compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")
+    assert again[0]["overrides"][-2:] == ["--resume", str(run)] and not again[0]["reuse"]
+    shutil.rmtree(run / "checkpoints")  # a run that never saved anything
+    with pytest.raises(compare.CompareError, match="never saved a checkpoint"):
         compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")
     assert compare.main([str(tmp_path / "nope.yaml"), "--epochs", "1", "--out", str(tmp_path / "r")]) == 1
     with pytest.raises(SystemExit):

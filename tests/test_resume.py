@@ -125,22 +125,25 @@ def test_kill_9_after_a_checkpoint_then_resume_is_bitwise_the_straight_run(strai
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(straight, tmp_path):
-    proc = start(tmp_path, "term", 1)
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(straight, tmp_path, nproc):
+    """As SLURM pre-empts: SIGTERM to every process of the job (the launcher and its ranks)."""
+    proc = start(tmp_path, "term", nproc)
     run_dir = tmp_path / "term"
     wait_for_checkpoint(proc, run_dir, "epoch-001")
     time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert "stopped by signal 15 at step" in err and "--resume" in err
+    assert "stopped by signal 15 at step" in err and "--resume" in err, err[-3000:]
+    if nproc == 1:
+        assert proc.returncode == 128 + signal.SIGTERM
     tag = checkpoint.read_pointer(run_dir / "checkpoints", "latest")
     assert tag != "epoch-001" and (run_dir / "checkpoints" / tag / "train.safetensors").is_file()
     stops = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines() if '"stop"' in r]
     assert len(stops) == 1 and stops[0]["checkpoint"] == f"checkpoints/{tag}"
-    resumed = run(tmp_path, "term", 1, "--resume", str(run_dir))
+    resumed = run(tmp_path, "term", nproc, "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_training(straight[1], run_dir)
+    assert_same_training(straight[nproc], run_dir)
 
 
 @pytest.mark.real_data

@@ -216,3 +216,33 @@ def test_wandb_dashboard_holds_losses_grad_norms_speed_evaluations_and_grid(tmp_
     assert {"default", "world1", "seed0", "no"} <= set(info["tags"])
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert [e["epoch"] for e in evals] == [1, 2] and len(evals[0]["class_shares"]) == 10
+
+
+def test_wandb_that_cannot_start_is_a_warning_and_the_run_goes_on_offline(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(WANDB_MODE="online", HOME=str(tmp_path / "home"))  # online, but no credentials anywhere
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distgan.train",
+            "--config",
+            "configs/default.yaml",
+            *tiny_overrides(tmp_path, "nowb"),
+            "data.dataset=synthetic",
+            "train.max_steps=3",
+            "output.tracker=wandb",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "W&B did not start" in proc.stderr and "retrying offline" in proc.stderr
+    assert list((tmp_path / "nowb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert (tmp_path / "nowb" / "summary.json").is_file()
