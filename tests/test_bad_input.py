@@ -20,7 +20,7 @@ from distgan import config, data
 from distgan import train as train_module
 from tests.conftest import REPO
 
-SMALL = ["data.dataset=synthetic", "train.epochs=1", "output.tracker=none", "train.threads=1"]
+SMALL = ["data.dataset=synthetic", "train.epochs=1", "output.tracker=none", "train.threads=1", "eval.every_epochs=0"]
 
 
 def snapshot(root: Path) -> dict[str, str]:

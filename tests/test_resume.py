@@ -30,7 +30,6 @@ SETUP = [
     "train.epochs=4",
     "train.batch_size=64",
     "train.log_every=16",
-    "eval.every_epochs=2",
     "eval.samples=500",
     "output.keep_checkpoints=0",
 ]
@@ -38,7 +37,9 @@ TIMING = {"seconds", "img_per_s"}
 
 
 def command(tmp_path: Path, name: str, nproc: int, *extra: str) -> tuple[list[str], dict]:
-    overrides = tiny_overrides(tmp_path, name, **({"train.threads": 1} if nproc > 1 else {}))
+    overrides = tiny_overrides(
+        tmp_path, name, **{"eval.every_epochs": 2, **({"train.threads": 1} if nproc > 1 else {})}
+    )
     if nproc == 1:
         return [sys.executable, "-m", "distgan.train", *SETUP, *overrides, *extra], dict(os.environ)
     env = {

@@ -79,13 +79,20 @@ class MLPDiscriminator(nn.Module):
         dropout: float = 0.0,
         leak: float = 0.2,
         minibatch_std: bool = False,
+        spectral_norm: bool = False,
     ):
+        """``spectral_norm``: every Linear layer's weight divided by its largest singular value (one power
+        iteration per forward; Miyato et al., 2018), which keeps D 1-Lipschitz per layer."""
         super().__init__()
         widths = [28 * 28, *hidden]
         layers = mlp_stack(widths, batchnorm, dropout, leak)
         if minibatch_std:
             layers.append(MinibatchStd())
         self.net = nn.Sequential(*layers, nn.Linear(widths[-1] + int(minibatch_std), 1))
+        if spectral_norm:
+            for i, m in enumerate(self.net):
+                if isinstance(m, nn.Linear):
+                    self.net[i] = nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(rearrange(x, "b c h w -> b (c h w)")).squeeze(1)
