@@ -208,9 +208,9 @@ def aggregate(entries: list[dict]) -> list[dict]:
 def _fmt(value, digits: int = 2) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float) and value.is_integer() and (digits <= 1 or abs(value) >= 100):
+        return f"{int(value):,}"  # counts, epochs, parameters: no decimals
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -262,6 +262,7 @@ def plot_curves(entries: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     for name in dict.fromkeys(e["name"] for e in entries):
@@ -284,6 +285,7 @@ def plot_curves(entries: list[dict], path: Path) -> None:
     ):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].legend()

@@ -196,7 +196,8 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
     # ---- what to resume, decided by the main process for all; checked before anything is written
     restored = None
     if resume_from is not None:
-        target = [resume.find(cfg, resume_from) if accelerator.is_main_process else None]
+        found = on_main(accelerator, lambda: resume.find(cfg, resume_from))  # a bad path stops every rank
+        target = [str(found) if found is not None else None]
         broadcast_object_list(target)
         if target[0] is None:
             accelerator.print(f"resume auto: no run of {cfg.name} (seed {cfg.train.seed}) to continue; starting one")
