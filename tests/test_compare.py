@@ -12,6 +12,7 @@ import pytest
 
 from distgan import compare
 from tests.conftest import REPO
+from tests.test_distributed import free_port
 
 SMALL = """
 name: {name}
@@ -125,3 +126,40 @@ def test_stored_configs_match_where_the_plan_fixes_a_value():
     assert compare._matches({"a": 1, "b": None}, {"a": 1, "b": 2})
     assert not compare._matches({"a": 1}, {"a": 2})
     assert compare.montage_epochs(10) == [2, 5, 8, 10] and compare.montage_epochs(2) == [1, 2]
+
+
+@pytest.mark.slow
+def test_compare_launches_its_runs_under_accelerate_as_the_readme_shows(tmp_path):
+    import os
+
+    port = free_port()
+    launcher = (
+        f"env ACCELERATE_USE_CPU=1 {Path(sys.executable).parent / 'accelerate'} launch --config_file "
+        f"launch/cpu_multi.yaml --num_processes 2 --main_process_port {port}"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distgan.compare",
+            configs(tmp_path)[0],
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--launcher",
+            launcher,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=600,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next((tmp_path / "runs").iterdir())
+    assert '"world": 2' in (run / "summary.json").read_text()
+    assert table(tmp_path / "r" / "table.csv")[0]["config"] == "narrow"
