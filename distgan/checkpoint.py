@@ -240,3 +240,21 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
         state.setdefault(int(idx), {}).update(values)
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def abandon_newer(folder: Path) -> list[str]:
+    """Resuming from ``folder``: checkpoints saved after it belong to an abandoned continuation. They are
+    renamed ``.abandoned-<tag>`` (kept, never deleted, but no longer resumable by accident), and ``latest``
+    points at ``folder`` again; a ``best`` among them is dropped."""
+    ckpt_dir = folder.parent
+    mine = _order(folder)
+    moved = []
+    for p in ckpt_dir.iterdir():
+        if p.is_dir() and TAG.match(p.name) and p != folder and _order(p) > mine:
+            p.rename(ckpt_dir / f".abandoned-{p.name}")
+            moved.append(p.name)
+    if read_pointer(ckpt_dir, "best") in moved:
+        (ckpt_dir / "best").unlink()
+    if read_pointer(ckpt_dir, "latest") != folder.name:
+        _write_pointer(ckpt_dir, "latest", folder.name)
+    return moved

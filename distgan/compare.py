@@ -129,7 +129,10 @@ def train_all(entries: list[dict], launcher: list[str]) -> None:
             continue
         cmd = [*launcher, "-m", "distgan.train", "--config", e["config"], *e["overrides"]]
         print(f"compare: {' '.join(map(shlex.quote, cmd))}", flush=True)
-        proc = subprocess.run(cmd, check=False)
+        try:
+            proc = subprocess.run(cmd, check=False)
+        except OSError as err:  # a launcher that does not exist
+            raise CompareError(f"cannot run {cmd[0]!r} ({err}); check --launcher") from None
         if proc.returncode:
             raise CompareError(
                 f"training {e['config']} (seed {e['seed']}) failed with exit code {proc.returncode}; "

@@ -417,9 +417,10 @@ def dump_yaml(cfg: Config) -> str:
 
 # What a checkpoint's training depends on: resuming with any of these changed would not continue that
 # training but start another one from its weights. Everything else (epochs, learning rates, logging,
-# evaluation, output, threads, precision) may change on resume.
+# evaluation, output, data.root, threads, precision) may change on resume.
 RESUME_IDENTITY = (
-    "data",
+    "data.dataset",
+    "data.limit",
     "model",
     "loss",
     "train.seed",

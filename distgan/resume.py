@@ -25,7 +25,13 @@ def _saved_config(folder: Path) -> dict | None:
 def find(cfg: config.Config, spec: str) -> Path | None:
     """The checkpoint folder to resume from, or None (``auto`` found nothing: start a new run)."""
     if spec != "auto":
-        return checkpoint.resolve(spec).parent  # raises CheckpointError with what to pass instead
+        folder = checkpoint.resolve(spec).parent.resolve()  # raises CheckpointError with what to pass instead
+        if folder.parent.name != "checkpoints":
+            raise checkpoint.CheckpointError(
+                f"{folder} is not inside a run's checkpoints/ folder, so there is no run to continue; pass the run "
+                "folder (or a checkpoint folder inside it), or start a new run from these weights"
+            )
+        return folder
     out = Path(cfg.output.dir)
     if cfg.output.name:
         runs = [out / cfg.output.name]

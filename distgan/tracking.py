@@ -119,7 +119,7 @@ class RunLog:
         if self.main:
             path = run_dir / "metrics.jsonl"
             if keep_bytes is not None and path.exists():
-                os.truncate(path, keep_bytes)
+                os.truncate(path, min(keep_bytes, path.stat().st_size))  # never extend it with zero bytes
             self.file = open(path, "a")  # noqa: SIM115 (closed in close())
         if use_wandb:
             if not wandb_configured():

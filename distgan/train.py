@@ -62,9 +62,10 @@ def resolve_threads(cfg: config.Config) -> int:
     return max(1, (os.cpu_count() or 1) // local)
 
 
-def make_run_dir(cfg: config.Config, accelerator: Accelerator, resumed: Path | None = None) -> Path:
+def make_run_dir(cfg: config.Config, accelerator: Accelerator, resumed: Path | None = None, auto: bool = False) -> Path:
     """The run folder, named on the main process and shared; created (never reused) by the main process,
-    except the folder of the run being resumed."""
+    except the folder of the run being resumed. ``auto`` (``--resume auto`` found no checkpoint): a named
+    folder left by an attempt that died before its first checkpoint is renamed aside, not reused."""
     name = [cfg.output.name or f"{cfg.name}-s{cfg.train.seed}-{dt.datetime.now():%Y%m%d-%H%M%S}"]
     broadcast_object_list(name)
     run_dir = resumed if resumed is not None else Path(cfg.output.dir) / name[0]
@@ -73,6 +74,10 @@ def make_run_dir(cfg: config.Config, accelerator: Accelerator, resumed: Path | N
         if resumed is not None:
             data.write_atomic(run_dir / "config.yaml", config.dump_yaml(cfg).encode())
             return
+        if auto and run_dir.exists() and checkpoint.read_pointer(run_dir / "checkpoints", "latest") is None:
+            aside = run_dir.with_name(f"{run_dir.name}.no-checkpoint-{dt.datetime.now():%Y%m%d-%H%M%S}")
+            run_dir.rename(aside)
+            accelerator.print(f"resume auto: {run_dir} never saved a checkpoint; moved it to {aside}, starting anew")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(f"{run_dir} already holds a run; choose another output.name (or remove that folder)")
         try:
@@ -189,7 +194,9 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
             evaluate.reference(found, cfg.data.root)  # cache the real statistics too
 
         on_main(accelerator, find_evaluator)
-        evaluator = evaluate.load(cfg.data.dataset, cfg.data.root).to(accelerator.device)
+        with accelerator.local_main_process_first():  # several machines without a shared data.root
+            evaluator = evaluate.load(cfg.data.dataset, cfg.data.root, fit_if_missing=True, log=accelerator.print)
+        evaluator.to(accelerator.device)
         if accelerator.is_main_process:
             ref = evaluate.reference(evaluator, cfg.data.root).to(accelerator.device)
 
@@ -219,7 +226,11 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
         D.load_state_dict(checkpoint.module_state(restored[1], "D"))
 
     # ---- the run folder, once every check above has passed (a refused run leaves nothing behind)
-    run_dir = make_run_dir(cfg, accelerator, restored[0].parents[1] if restored else None)
+    run_dir = make_run_dir(
+        cfg, accelerator, restored[0].parents[1] if restored else None, auto=resume_from == "auto" and not restored
+    )
+    if restored is not None:
+        on_main(accelerator, lambda: checkpoint.abandon_newer(restored[0]))
     cfg.output.name = run_dir.name
     resolved = cfg.to_dict()
 
@@ -273,6 +284,18 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
     start_step = counters["step"]
     if start_step >= total_steps:
         accelerator.print(f"{run_dir} already reached step {start_step} of {total_steps}: nothing to train")
+        if accelerator.is_main_process and not (run_dir / "summary.json").exists():
+            write_summary(
+                run_dir,
+                cfg,
+                accelerator,
+                G_raw,
+                D_raw,
+                start_step,
+                start_step * step_images,
+                counters["train_seconds"],
+                start_step,
+            )
         log.close()
         return run_dir
     bar = tqdm(
@@ -405,6 +428,9 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
                 break
         finished = step == total_steps
         flush()  # waits for the device: the epoch's time is then honest on a GPU too
+        signum = signum or stop.agreed(accelerator)  # every rank reaches this, whatever log_every is
+        if finished:
+            signum = 0  # a stop requested during the last steps: the run is complete, finish it normally
         spent = timing(step - epoch_step0, epoch_t0)
         every = cfg.eval.every_epochs
         if step == (epoch + 1) * steps_per_epoch:  # a whole epoch
@@ -429,25 +455,30 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
     nimg = step * step_images
     seconds = counters["train_seconds"] + elapsed
     if accelerator.is_main_process:
-        summary = {
-            "name": cfg.name,
-            "steps": step,
-            "nimg": nimg,
-            "seconds": round(seconds, 3),
-            "img_per_s": round(nimg / seconds, 1),
-            "world": world,
-            "device": str(accelerator.device),
-            "mixed_precision": accelerator.mixed_precision,
-            "params_g": sum(p.numel() for p in G_raw.parameters()),
-            "params_d": sum(p.numel() for p in D_raw.parameters()),
-            "resumed_from_step": start_step or None,
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(run_dir, cfg, accelerator, G_raw, D_raw, step, nimg, seconds, start_step)
     accelerator.print(
         f"done: {step} steps, {nimg} real images in {seconds:.1f} s ({nimg / seconds:.0f} img/s); {run_dir}"
     )
     log.close()
     return run_dir
+
+
+def write_summary(run_dir, cfg, accelerator, G, D, step: int, nimg: int, seconds: float, start_step: int) -> None:
+    """summary.json: the mark of a finished run (distgan.compare reuses only those)."""
+    summary = {
+        "name": cfg.name,
+        "steps": step,
+        "nimg": nimg,
+        "seconds": round(seconds, 3),
+        "img_per_s": round(nimg / max(seconds, 1e-9), 1),
+        "world": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "params_g": sum(p.numel() for p in G.parameters()),
+        "params_d": sum(p.numel() for p in D.parameters()),
+        "resumed_from_step": start_step or None,
+    }
+    data.write_atomic(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def last_good(ckpt_dir: Path) -> str:

@@ -42,14 +42,16 @@ def workspace(tmp_path_factory) -> Path:
     bad.mkdir()
     (bad / "malformed.yaml").write_text("train: {epochs: 3\n  batch_size: [\n")
     (bad / "list.yaml").write_text("- 1\n- 2\n")
-    for name in ("truncated", "garbage", "foreign", "no_train", "bad_state"):
-        shutil.copytree(ckpt, bad / name)
+    for name in ("truncated", "garbage", "foreign", "no_train", "bad_state"):  # each inside a run of its own
+        shutil.copytree(ckpt, bad / name / "checkpoints" / "epoch-001")
+    shutil.copytree(ckpt, bad / "loose")  # a checkpoint folder copied out of its run
     model = (ckpt / "model.safetensors").read_bytes()
-    (bad / "truncated" / "model.safetensors").write_bytes(model[: len(model) // 2])
-    (bad / "garbage" / "model.safetensors").write_bytes(b"\x07" * 4096)
-    save_file({"weight": __import__("torch").zeros(3)}, bad / "foreign" / "model.safetensors")
-    (bad / "no_train" / "train.safetensors").unlink()
-    (bad / "bad_state" / "state.json").write_text("{not json")
+    spoilt = {name: bad / name / "checkpoints" / "epoch-001" for name in ("truncated", "garbage", "foreign")}
+    (spoilt["truncated"] / "model.safetensors").write_bytes(model[: len(model) // 2])
+    (spoilt["garbage"] / "model.safetensors").write_bytes(b"\x07" * 4096)
+    save_file({"weight": __import__("torch").zeros(3)}, spoilt["foreign"] / "model.safetensors")
+    (bad / "no_train" / "checkpoints" / "epoch-001" / "train.safetensors").unlink()
+    (bad / "bad_state" / "checkpoints" / "epoch-001" / "state.json").write_text("{not json")
     (bad / "a_file").write_text("x")
     return ws
 
@@ -82,11 +84,42 @@ def cases(ws: Path) -> list[tuple[str, list[str], int, str]]:
         ("existing run without --resume", [*cfg, "output.name=prev"], 1, "already holds a run"),
         ("fp16 on a CPU", [*cfg, "train.mixed_precision=fp16", "output.name=x"], 1, "fp16 is not available on the CPU"),
         ("resume: missing path", [*cfg, "--resume", str(bad / "nothing")], 1, "no checkpoint at"),
-        ("resume: truncated checkpoint", ["--resume", str(bad / "truncated")], 1, "it may be truncated"),
-        ("resume: not safetensors", ["--resume", str(bad / "garbage")], 1, "not a readable safetensors file"),
-        ("resume: foreign safetensors", ["--resume", str(bad / "foreign")], 1, "not a distgan checkpoint"),
-        ("resume: no training state", ["--resume", str(bad / "no_train")], 1, "can be sampled from but not resumed"),
-        ("resume: corrupt state.json", ["--resume", str(bad / "bad_state")], 1, "state.json is unreadable"),
+        (
+            "resume: truncated checkpoint",
+            ["--resume", str(bad / "truncated" / "checkpoints" / "epoch-001")],
+            1,
+            "it may be truncated",
+        ),
+        (
+            "resume: not safetensors",
+            ["--resume", str(bad / "garbage" / "checkpoints" / "epoch-001")],
+            1,
+            "not a readable safetensors file",
+        ),
+        (
+            "resume: foreign safetensors",
+            ["--resume", str(bad / "foreign" / "checkpoints" / "epoch-001")],
+            1,
+            "not a distgan checkpoint",
+        ),
+        (
+            "resume: no training state",
+            ["--resume", str(bad / "no_train" / "checkpoints" / "epoch-001")],
+            1,
+            "can be sampled from but not resumed",
+        ),
+        (
+            "resume: corrupt state.json",
+            ["--resume", str(bad / "bad_state" / "checkpoints" / "epoch-001")],
+            1,
+            "state.json is unreadable",
+        ),
+        (
+            "resume: a checkpoint outside its run",
+            ["--resume", str(bad / "loose")],
+            1,
+            "not inside a run's checkpoints/",
+        ),
         (
             "resume: another architecture",
             [*cfg, "model.g_args={hidden: [64], batchnorm: false}", "--resume", str(prev)],

@@ -196,6 +196,44 @@ def test_a_save_interrupted_mid_write_leaves_a_resumable_previous_checkpoint(mni
     assert checkpoint.read_pointer(ckpts, "latest") == "epoch-002"
 
 
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    for i, tag in enumerate(["epoch-001", "epoch-002", "epoch-003"]):
+        checkpoint.save(ckpts, tag, {"w": torch.zeros(1)}, {"config": {}, "counters": {"step": 10 * (i + 1)}})
+    checkpoint.mark_best(ckpts, "epoch-003")
+    assert sorted(checkpoint.abandon_newer(ckpts / "epoch-001")) == ["epoch-002", "epoch-003"]
+    assert checkpoint.read_pointer(ckpts, "latest") == "epoch-001" and checkpoint.read_pointer(ckpts, "best") is None
+    assert (ckpts / ".abandoned-epoch-003" / "model.safetensors").is_file()  # kept, not deleted
+
+
+def test_resume_auto_sets_aside_a_named_run_that_never_saved(tmp_path):
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.yaml").write_text("x")  # an attempt killed before its first checkpoint
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distgan.train",
+            "--config",
+            "configs/default.yaml",
+            *tiny_overrides(tmp_path, "early"),
+            "data.dataset=synthetic",
+            "train.epochs=1",
+            "--resume",
+            "auto",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("early.no-checkpoint-")]
+    assert len(aside) == 1 and (aside[0] / "config.yaml").read_text() == "x"
+    assert (tmp_path / "early" / "summary.json").is_file()
+
+
 def test_pruning_keeps_the_newest_the_latest_and_the_best(tmp_path):
     ckpts = tmp_path / "checkpoints"
     t = {"w": torch.zeros(1)}
