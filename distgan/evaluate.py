@@ -129,7 +129,7 @@ def fit(dataset: str, root: str | Path, recipe: Recipe | None = None, log=print)
                 idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
                 loss = torch.nn.functional.cross_entropy(net(_scale(x_train[idx]))[1], y_train[idx].long())
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # a plain one-process CPU loop: no launcher, no precision policy, no DDP
                 opt.step()
                 sched.step()
             log(f"evaluator {dataset}: epoch {epoch + 1}/{recipe.epochs}, loss {loss.item():.4f}")
