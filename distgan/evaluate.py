@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save
 from distgan import data, metrics
 from distgan.models.classifier import Classifier
 from distgan.rng import stream_seed
+from distgan.sample import generate
 
 ARCH = "classifier-v1"  # bump when models/classifier.py changes: old caches then stop matching
 
@@ -228,19 +229,6 @@ def floor(evaluator: Evaluator, root: str | Path, n: int = 10_000) -> dict:
 def eval_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
     """The evaluation noise: one fixed set per (n, z_dim, seed), drawn on the CPU (world-size independent)."""
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(stream_seed("eval_z", seed)))
-
-
-@torch.no_grad()
-def generate(G: torch.nn.Module, z: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """uint8 (N, 28, 28) images of G in eval mode and float32, for noise z (on G's device)."""
-    from distgan.images import to_uint8
-
-    was = G.training
-    G.eval()
-    device = next(G.parameters()).device
-    out = torch.cat([to_uint8(type(G).forward(G, chunk.to(device))) for chunk in z.split(batch)])
-    G.train(was)
-    return out
 
 
 def score_generator(

@@ -39,9 +39,17 @@ def load_generator(
 
 @torch.no_grad()
 def generate(G: torch.nn.Module, z: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """uint8 (N, 28, 28) images for noise z, in batches."""
+    """uint8 (N, 28, 28) images of G for noise z, in batches, in eval mode and float32.
+
+    ``type(G).forward`` calls the class's forward, bypassing the autocast wrapper accelerate installs on
+    the instance under mixed precision: grids, evaluations and this CLI all compute the same images.
+    """
+    was = G.training
+    G.eval()
     device = next(G.parameters()).device
-    return torch.cat([images.to_uint8(G(chunk.to(device))) for chunk in z.split(batch)])
+    out = torch.cat([images.to_uint8(type(G).forward(G, chunk.to(device))) for chunk in z.split(batch)])
+    G.train(was)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

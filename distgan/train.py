@@ -50,6 +50,7 @@ from distgan.dist import (
     sync_buffers,
 )
 from distgan.rng import StepNoise, fixed_z, stream_seed, swap_rate
+from distgan.sample import generate
 from distgan.signals import Stopped, StopRequest
 from distgan.steps import EMA, GANSteps
 from distgan.tracking import NonFiniteError, RunLog, StepBuffer
@@ -114,17 +115,8 @@ def make_adam(module: torch.nn.Module, opt: config.AdamConfig, fused: bool = Tru
 
 
 def sample_grid(G: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """The fixed-z grid in eval mode and float32 (no autocast), as uint8 (H, W).
-
-    ``type(G).forward`` calls the class's forward, bypassing the autocast wrapper accelerate installs
-    on the instance under mixed precision, so the grid is what ``distgan.sample`` recomputes.
-    """
-    was_training = G.training
-    G.eval()
-    with torch.no_grad():
-        out = type(G).forward(G, z.to(next(G.parameters()).device))
-    G.train(was_training)
-    return images.grid(images.to_uint8(out))
+    """The fixed-z grid as uint8 (H, W): exactly what ``distgan.sample --fixed-z`` recomputes."""
+    return images.grid(generate(G, z))
 
 
 def train(cfg: config.Config, resume_from: str | None = None) -> Path:
