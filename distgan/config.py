@@ -108,6 +108,10 @@ class TrainConfig:
     such a batch-coupled layer."""
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
     """None keeps accelerate's setting (``accelerate launch --mixed_precision``, default no)."""
+    compile: Literal["no", "default", "reduce-overhead", "max-autotune"] | None = None
+    """torch.compile G and D (inductor) with this mode, through accelerate (after the DDP wrap). reduce-overhead
+    adds CUDA graphs (GPU only). None keeps accelerate's setting (``accelerate launch --dynamo_backend``,
+    default no). Costs a compilation of each graph at the start; measured in BENCHMARKS.md."""
     threads: int | None = None
     """torch CPU threads per process; None picks cores / local processes and records it."""
     flush_denormal: bool = True
@@ -208,6 +212,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
     if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads a bare `no` as false: `mixed_precision: no`
+            value = "no"
         if value not in args:
             raise ConfigError(
                 f"{key}: {value!r} is not one of {', '.join(map(repr, args))}.{_suggest(str(value), map(str, args))}"

@@ -59,9 +59,9 @@ def check(saved: dict, cfg: config.Config, folder: Path) -> list[str]:
             "output.name"
         )
     notes = []
-    for key in ("threads", "mixed_precision"):
+    for key in ("threads", "mixed_precision", "compile"):
         before, now = saved["train"].get(key), getattr(cfg.train, key)
-        if now is not None and before != now:
+        if now is not None and before is not None and before != now:
             notes.append(
                 f"train.{key} changes from {before!r} to {now!r}: the continuation will not be bitwise "
                 "identical to an uninterrupted run"

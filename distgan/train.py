@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import DynamoBackend, TorchDynamoPlugin, broadcast_object_list
 from tqdm.auto import tqdm
 
 from distgan import __version__, checkpoint, config, data, evaluate, images, models, resume
@@ -61,6 +61,15 @@ def resolve_threads(cfg: config.Config) -> int:
         return cfg.train.threads
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, (os.cpu_count() or 1) // local)
+
+
+def dynamo_plugin(mode: str | None) -> TorchDynamoPlugin | None:
+    """train.compile as accelerate's plugin: None leaves accelerate's own setting (``--dynamo_backend``)."""
+    if mode is None:
+        return None
+    if mode == "no":
+        return TorchDynamoPlugin(backend="no")
+    return TorchDynamoPlugin(backend="inductor", mode=mode)
 
 
 def make_run_dir(cfg: config.Config, accelerator: Accelerator, resumed: Path | None = None, auto: bool = False) -> Path:
@@ -125,6 +134,7 @@ def train(cfg: config.Config, resume_from: str | None = None) -> Path:
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="wandb" if cfg.output.tracker == "wandb" else None,
+        dynamo_plugin=dynamo_plugin(cfg.train.compile),
     )
     stop = StopRequest().install()
     threads = torch.get_num_threads()
@@ -144,6 +154,12 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
     torch.set_num_threads(cfg.train.threads)  # 1 vs 2 threads give different results on CPU: fix and record
     torch.set_flush_denormal(cfg.train.flush_denormal)  # no effect on GPUs; a no-op where unsupported
     cfg.train.mixed_precision = accelerator.mixed_precision
+    plugin = accelerator.state.dynamo_plugin
+    cfg.train.compile = "no" if plugin.backend == DynamoBackend.NO else (plugin.mode or "default")
+    if cfg.train.compile == "reduce-overhead" and accelerator.device.type != "cuda":
+        raise config.ConfigError(
+            "train.compile=reduce-overhead means CUDA graphs, which need a CUDA GPU; use train.compile=default on a CPU"
+        )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         # accelerate accepts it but has no CPU fp16 autocast and no scaler: the run would be float32 in disguise.
         raise config.ConfigError(
@@ -211,6 +227,12 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
     # ---- models and optimisers: identical init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(stream_seed(cfg.train.seed, "init"))
     G, D = models.build_pair(cfg.model)
+    pack = getattr(D, "pack", 1)
+    if (cfg.train.batch_size // world) % pack:
+        raise config.ConfigError(
+            f"D judges packs of {pack} images but each process gets {cfg.train.batch_size // world}; make "
+            f"train.batch_size / processes a multiple of {pack}"
+        )
     if cfg.model.sync_bn:
         G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
     if restored is not None:

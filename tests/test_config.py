@@ -24,6 +24,17 @@ def test_overrides_are_typed():
     assert isinstance(cfg.optim.g.lr, float)
 
 
+def test_a_bare_no_means_the_choice_no(tmp_path):
+    # YAML 1.1 reads `no` as false; `train.mixed_precision=no` must still mean "no", in a file and an override
+    assert config.load(None, ["train.mixed_precision=no", "train.compile=no"]).train.mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n  compile: no\n")
+    cfg = config.load(path)
+    assert (cfg.train.mixed_precision, cfg.train.compile) == ("no", "no")
+    with pytest.raises(config.ConfigError, match="mixed_precision: True is not one of"):
+        config.load(None, ["train.mixed_precision=yes"])
+
+
 def test_int_is_accepted_where_a_float_is_expected():
     assert config.load(None, ["optim.d.weight_decay=0"]).optim.d.weight_decay == 0.0
 

@@ -158,6 +158,7 @@ def test_bf16_trains_on_cpu_with_float32_losses(mnist_root, tmp_path):
         ("train.mixed_precision=fp16", "fp16 is not available on the CPU"),
         ("model.sync_bn=true", "model.sync_bn=true needs CUDA GPUs"),
         ("train.batch_size=70000", "exceeds the dataset"),
+        ("train.compile=reduce-overhead", "CUDA graphs, which need a CUDA GPU"),
     ],
 )
 def test_settings_the_cpu_cannot_honour_are_refused(mnist_root, tmp_path, override, message):
