@@ -10,12 +10,13 @@ COMPARE_CONFIGS ?= configs/v3.2.yaml configs/v4.1.yaml configs/v5.yaml configs/f
 COMPARE_EPOCHS  ?= 3
 COMPARE_ARGS    ?=
 
-.PHONY: help install data data-fashion evaluator train compare test test-fast stress versions-smoke lint format clean
+.PHONY: help install data data-fashion evaluator train compare bench test test-fast stress versions-smoke lint format clean
 
 help:
 	@echo "make train   install, prepare MNIST, train $(CONFIG) (ARGS='train.epochs=1' to override)"
 	@echo "make test    install, prepare MNIST, lint, run the test suite"
 	@echo "make compare train and compare the blog's versions (COMPARE_CONFIGS, COMPARE_EPOCHS) into reports/blog"
+	@echo "make bench   distgan against a plain loop and the tutorial loop, 1 vs 2 processes, into reports/bench"
 	@echo "make data | data-fashion | test-fast | stress | lint | format | clean"
 
 install: $(STAMP)
@@ -43,6 +44,11 @@ train: data
 
 compare: evaluator
 	$(PY) -m distgan.compare $(COMPARE_CONFIGS) --epochs $(COMPARE_EPOCHS) --out reports/blog $(COMPARE_ARGS)
+
+# Side-by-side speed on this machine (about 6 minutes on 2 CPU cores); BENCH_ARGS='--device cuda --compile' on a GPU.
+BENCH_ARGS ?=
+bench: data
+	$(PY) -m distgan.bench --out reports/bench $(BENCH_ARGS)
 
 test: data lint
 	$(PY) -m pytest -m "not versions"

@@ -1,0 +1,108 @@
+"""Speed features: the benchmark command, torch.compile behind train.compile, a step loop that never waits.
+
+Speed itself is never asserted here (shared machines are noisy): the benchmark prints figures and
+ratios; these tests check that it measures what it says, and that the fast paths compute the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+from tests.test_train import run_module, train
+
+
+def rows(run, event=None):
+    out = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in out if (r.get("event") == event if event else "loss_d" in r)]
+
+
+@pytest.mark.slow
+def test_compiled_training_computes_what_eager_training_computes(tmp_path):
+    """train.compile=default (inductor, through accelerate) on the CPU: same losses and weights as eager
+    to float32 rounding, so a user can switch it on without changing their results beyond that."""
+    common = ("data.dataset=synthetic", "train.max_steps=6", "train.log_every=1")
+    eager = train(tmp_path, "eager", *common, "train.compile=no")
+    compiled = train(tmp_path, "compiled", *common, "train.compile=default")
+    a, b = rows(eager), rows(compiled)
+    assert len(a) == len(b) == 6
+    for key in ("loss_d", "loss_g", "d_real", "d_fake"):
+        np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-3, atol=1e-5)
+    wa = load_file(next((eager / "checkpoints").glob("step-*")) / "model.safetensors")
+    wb = load_file(next((compiled / "checkpoints").glob("step-*")) / "model.safetensors")
+    assert wa.keys() == wb.keys()  # no _orig_mod. prefixes: a compiled run's checkpoint loads like any other
+    for k in wa:
+        np.testing.assert_allclose(wb[k].float().numpy(), wa[k].float().numpy(), rtol=1e-3, atol=1e-4)
+    assert "compile: default" in (compiled / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_bench_measures_every_rival_and_writes_its_tables(mnist_root, tmp_path):
+    """A few steps of `python -m distgan.bench`: the loaders, distgan / plain / tutorial loops, 1 and 2
+    processes, peak memory, JSON and Markdown. Figures must be positive and the ratios their quotients."""
+    out = tmp_path / "bench"
+    args = ["--configs", "configs/default.yaml", "--batch-size", "64", "--steps", "6", "--warmup", "2"]
+    run_module("distgan.bench", *args, "--repeats", "1", "--procs", "1,2", "--root", str(mnist_root), "--out", str(out))
+    report = json.loads((out / "bench.json").read_text())
+    assert [r["name"].split(" (")[0] for r in report["loader"]] == ["torchvision DataLoader"] * 2 + ["distgan"]
+    (row,) = report["training"]
+    for rival in ("distgan", "plain", "tutorial"):
+        assert row[rival]["img_per_s"] > 0 and row[rival]["max_rss_mb"] > 50, row[rival]
+    one, two = report["procs"]
+    assert (one["procs"], two["procs"]) == (1, 2) and len(two["max_rss_mb_per_rank"]) == 2
+    assert two["ratio"] == pytest.approx(two["img_per_s"] / one["img_per_s"])
+    text = (out / "BENCHMARKS.md").read_text()
+    ratio = row["distgan"]["img_per_s"] / row["plain"]["img_per_s"]
+    assert f"{ratio:.3f}x" in text and re.search(r"Machine: .+ cores", text)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_step_loop_never_waits_for_the_gpu():
+    """Between metrics flushes a step (batch, noise, labels, D and G updates, EMA, the step buffer) issues
+    no host-device synchronisation: CUDA's sync debug mode turns any into an error."""
+    from accelerate import Accelerator
+
+    from distgan import config, models
+    from distgan.batches import DeviceImages
+    from distgan.rng import StepNoise
+    from distgan.steps import EMA, GANSteps
+    from distgan.tracking import StepBuffer
+    from distgan.train import make_adam
+
+    cfg = config.load(REPO / "configs/default.yaml")
+    accelerator = Accelerator(mixed_precision="bf16")
+    G, D = models.build_pair(cfg.model)
+    opt_g, opt_d = make_adam(G, cfg.optim.g), make_adam(D, cfg.optim.d)
+    ema = EMA(G, 0.999)
+    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    ema.model.to(accelerator.device)
+    gan = GANSteps(accelerator, G, D, opt_g, opt_d, "bce", "bce")
+    gan.ema = ema
+    images = DeviceImages(torch.randint(0, 256, (1024, 28, 28), dtype=torch.uint8), accelerator.device)
+    idx = torch.randperm(1024, device=accelerator.device).view(16, 64)
+    noise = StepNoise(0, cfg.model.z_dim, 64, 1, 0, accelerator.device)
+    buffer = StepBuffer(accelerator.device, 16)
+
+    def step(s: int) -> None:
+        z, real_t, fake_t = noise.d_step(s, (0.9, 1.0), (0.0, 0.0))
+        d = gan.d_step(images.batch(idx[s]), z, real_t, fake_t)
+        g = gan.g_step(noise.g_step(s))
+        buffer.add(s, torch.stack([d[0], g[0], d[1], d[2], d[3], g[1]]))
+
+    step(0)  # first-call work (cuBLAS handles, allocator) may sync; the steady state may not
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for s in range(1, 16):
+            step(s)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert buffer.full()
