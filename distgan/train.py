@@ -227,12 +227,6 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
     # ---- models and optimisers: identical init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(stream_seed(cfg.train.seed, "init"))
     G, D = models.build_pair(cfg.model)
-    pack = getattr(D, "pack", 1)
-    if (cfg.train.batch_size // world) % pack:
-        raise config.ConfigError(
-            f"D judges packs of {pack} images but each process gets {cfg.train.batch_size // world}; make "
-            f"train.batch_size / processes a multiple of {pack}"
-        )
     if cfg.model.sync_bn:
         G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
     if restored is not None:

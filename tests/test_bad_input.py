@@ -83,6 +83,7 @@ def cases(ws: Path) -> list[tuple[str, list[str], int, str]]:
         ),
         ("existing run without --resume", [*cfg, "output.name=prev"], 1, "already holds a run"),
         ("fp16 on a CPU", [*cfg, "train.mixed_precision=fp16", "output.name=x"], 1, "fp16 is not available on the CPU"),
+        ("CUDA graphs on a CPU", [*cfg, "train.compile=reduce-overhead", "output.name=x"], 1, "need a CUDA GPU"),
         ("resume: missing path", [*cfg, "--resume", str(bad / "nothing")], 1, "no checkpoint at"),
         (
             "resume: truncated checkpoint",
