@@ -57,22 +57,25 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def timed(step, warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls of step(i) after ``warmup`` untimed ones (device work included)."""
+def timed(step, warmup: int, steps: int | None, device: torch.device, seconds: float = 0.0) -> tuple[float, int]:
+    """(seconds, calls) for ``steps`` calls of step(i) after ``warmup`` untimed ones, device work included;
+    ``steps`` None: as many calls as fit in ``seconds`` (how the benchmark sizes its windows)."""
     for i in range(warmup):
         step(i)
     sync(device)
     t0 = time.perf_counter()
-    for i in range(warmup, warmup + steps):
+    i = warmup
+    while (i - warmup < steps) if steps is not None else (time.perf_counter() - t0 < seconds or i - warmup < 8):
         step(i)
+        i += 1
     sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, i - warmup
 
 
 # ---------------------------------------------------------------- (a) loaders
 
 
-def distgan_loader(images: Tensor, batch: int, batches: int, device: torch.device) -> float:
+def distgan_loader(images: Tensor, batch: int, batches: int, device: torch.device) -> tuple[float, int]:
     """Seconds for ``batches`` float batches from distgan's loader, epochs redrawn as needed."""
     held = DeviceImages(images, device)
     per_epoch = len(held) // batch
@@ -98,7 +101,7 @@ def tutorial_batches(root: str, batch: int, workers: int):
         yield from loader
 
 
-def dataloader(root: str, batch: int, batches: int, workers: int, device: torch.device) -> float:
+def dataloader(root: str, batch: int, batches: int, workers: int, device: torch.device) -> tuple[float, int]:
     it = tutorial_batches(root, batch, workers)
     return timed(lambda i: next(it)[0].to(device).sum(), 2, batches, device)
 
@@ -112,9 +115,11 @@ def build(cfg: config.Config, device: torch.device):
     return G.to(device), D.to(device)
 
 
-def plain_loop(cfg: config.Config, images: Tensor, device: torch.device, warmup: int, steps: int) -> float:
+def plain_loop(
+    cfg: config.Config, images: Tensor, device: torch.device, warmup: int, steps: int | None, seconds: float
+) -> tuple[float, int]:
     """The same update as distgan's (D on cat(real, fake) or separately, smoothed labels, EMA, fused Adam),
-    written as one hand-made loop on device tensors, with no logging, checks or launcher. Returns seconds."""
+    written as one hand-made loop on device tensors, with no logging, checks or launcher."""
     from distgan.train import couples_batch, make_adam
 
     G, D = build(cfg, device)
@@ -156,10 +161,12 @@ def plain_loop(cfg: config.Config, images: Tensor, device: torch.device, warmup:
             if ema is not None:
                 torch._foreach_lerp_(ema, [p.detach() for p in G.parameters()], 1 - cfg.model.ema_decay)
 
-    return timed(step, warmup, steps, device)
+    return timed(step, warmup, steps, device, seconds)
 
 
-def tutorial_loop(cfg: config.Config, root: str, device: torch.device, warmup: int, steps: int, workers: int) -> float:
+def tutorial_loop(
+    cfg: config.Config, root: str, device: torch.device, warmup: int, steps: int, workers: int
+) -> tuple[float, int]:
     """The classic tutorial: DataLoader batches, D on real then on fake.detach(), G through D on the same
     fake, hard labels, torch.optim.Adam with its defaults, both losses read with ``.item()`` every step."""
     G, D = build(cfg, device)
@@ -207,17 +214,17 @@ def child(spec: dict) -> dict:
     batch, images = cfg.train.batch_size, data.load_split("mnist", spec["root"], train=True)[0]
     n = spec["steps"]
     if kind == "loader":
-        seconds = distgan_loader(images, batch, n, device)
+        seconds, n = distgan_loader(images, batch, n, device)
     elif kind == "dataloader":
-        seconds = dataloader(spec["root"], batch, n, spec["workers"], device)
+        seconds, n = dataloader(spec["root"], batch, n, spec["workers"], device)
     elif kind == "plain":
-        seconds = plain_loop(cfg, images, device, spec["warmup"], n)
+        seconds, n = plain_loop(cfg, images, device, spec["warmup"], n, spec.get("seconds", 0.0))
     elif kind == "tutorial":
-        seconds = tutorial_loop(cfg, spec["root"], device, spec["warmup"], n, spec["workers"])
+        seconds, n = tutorial_loop(cfg, spec["root"], device, spec["warmup"], n, spec["workers"])
     else:
         raise ValueError(f"unknown measurement {kind!r}")
     per_step = batch * (cfg.train.d_steps if kind == "plain" else 1)
-    return {"seconds": seconds, "img_per_s": n * per_step / seconds, **peak_memory(device)}
+    return {"seconds": seconds, "steps": n, "img_per_s": n * per_step / seconds, **peak_memory(device)}
 
 
 def distgan_child(spec: dict) -> dict:
@@ -255,7 +262,13 @@ def distgan_child(spec: dict) -> dict:
             return {"rank": rank, **memory}
         rows = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
         epoch = next(r for r in rows if r.get("event") == "epoch_end" and r["epoch"] == 2)
-        return {"rank": 0, "seconds": epoch["seconds"], "img_per_s": epoch["img_per_s"], **memory}
+        return {
+            "rank": 0,
+            "seconds": epoch["seconds"],
+            "steps": spec["steps"],
+            "img_per_s": epoch["img_per_s"],
+            **memory,
+        }
 
 
 def run_child(spec: dict, procs: int = 1, port: int = 29517) -> dict:
@@ -331,7 +344,7 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m.get('gpu', m['cpu'])}" + (f" ({m['gpus']} GPU)" if "gpu" in m else f", {m['cores']} cores"),
         f"({m['platform']}), Python {m['python']}, torch {m['torch']}; {m['date']}. Device {a['device']}, global",
-        f"batch {a['batch_size']}, {a['steps']} timed steps per figure, best of {a['repeats']}.",
+        f"batch {a['batch_size']}, timed windows of about {a['seconds']} s (steps per row), best of {a['repeats']}.",
         "Regenerate: `python -m distgan.bench " + " ".join(report["argv"]) + "`.",
         "",
     ]
@@ -343,34 +356,28 @@ def markdown(report: dict) -> str:
             r = row["img_per_s"]
             lines.append(f"| {row['name']} | {r / a['batch_size']:,.1f} | {r:,.0f} | {r / base:.2f}x |")
         lines.append("")
+    workers = [k[len("tutorial_w") :] for k in report["training"][0] if k.startswith("tutorial_w")]
+    compiled = "compiled" in report["training"][0]
+    head = ["config", "precision", "steps", "distgan img/s", "plain loop img/s"]
+    head += [f"tutorial, {w} workers, img/s" for w in workers]
+    head += ["distgan / plain", "distgan / best tutorial"]
+    head += ["compiled img/s", "compiled / distgan"] if compiled else []
+    head += ["peak RSS MB: distgan / plain / tutorial"]
     lines += [
         "## (b, d) Training: distgan against a plain loop and the tutorial loop",
         "",
-        "| config | precision | distgan img/s | plain loop img/s | tutorial loop img/s | distgan / plain | "
-        "distgan / tutorial | peak RSS MB (distgan / plain / tutorial) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     for row in report["training"]:
-        d, p, t = (row[k] for k in ("distgan", "plain", "tutorial"))
-        rss = " / ".join(f"{x['max_rss_mb']:,.0f}" for x in (d, p, t))
-        lines.append(
-            f"| {row['config']} | {row['precision']} | {d['img_per_s']:,.0f} | {p['img_per_s']:,.0f} | "
-            f"{t['img_per_s']:,.0f} | {d['img_per_s'] / p['img_per_s']:.3f}x | {d['img_per_s'] / t['img_per_s']:.2f}x "
-            f"| {rss} |"
-        )
-    if report.get("compile"):
-        lines += [
-            "",
-            "## torch.compile (train.compile=default)",
-            "",
-            "| config | precision | eager img/s | compiled img/s | compiled / eager |",
-            "|---|---|---|---|---|",
-        ]
-        for row in report["compile"]:
-            lines.append(
-                f"| {row['config']} | {row['precision']} | {row['eager']:,.0f} | {row['compiled']:,.0f} | "
-                f"{row['compiled'] / row['eager']:.2f}x |"
-            )
+        d, p, t = row["distgan"]["img_per_s"], row["plain"]["img_per_s"], row["tutorial"]["img_per_s"]
+        cells = [row["config"], row["precision"], str(row["steps"]), f"{d:,.0f}", f"{p:,.0f}"]
+        cells += [f"{row[f'tutorial_w{w}']['img_per_s']:,.0f}" for w in workers]
+        cells += [f"{d / p:.3f}x", f"{d / t:.2f}x"]
+        if compiled:
+            cells += [f"{row['compiled']['img_per_s']:,.0f}", f"{row['compiled']['img_per_s'] / d:.2f}x"]
+        cells.append(" / ".join(f"{row[k]['max_rss_mb']:,.0f}" for k in ("distgan", "plain", "tutorial")))
+        lines.append("| " + " | ".join(cells) + " |")
     if report.get("procs"):
         lines += [
             "",
@@ -393,13 +400,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="no", help="comma-separated: no,bf16,fp16 (fp16 on CUDA only)")
     p.add_argument("--batch-size", type=int, default=256, help="global batch for every rival (default 256)")
-    p.add_argument("--steps", type=int, default=64, help="timed steps per figure (distgan: one epoch of them)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=6.0,
+        help="length of a timed window: the plain loop's first run counts the steps that fit, and every rival "
+        "then times that many steps (distgan: one epoch of them)",
+    )
+    p.add_argument("--steps", type=int, help="a fixed number of timed steps instead of --seconds")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (plain and tutorial loops)")
-    p.add_argument("--repeats", type=int, default=2, help="each figure is the best of this many runs")
+    p.add_argument("--repeats", type=int, default=3, help="each figure is the best of this many runs")
     p.add_argument(
         "--procs", help="process counts for distgan, comma-separated (default: 1,2 on a CPU; 1 and every GPU on CUDA)"
     )
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the tutorial loop")
+    p.add_argument("--workers", default="0,2", help="DataLoader workers of the tutorial loop, comma-separated")
     p.add_argument("--compile", action="store_true", help="also time distgan with train.compile=default")
     p.add_argument("--no-loader", action="store_true", help="skip the loader comparison")
     p.add_argument("--root", default="data", help="where MNIST is (prepared if missing)")
@@ -440,10 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     log = print
     procs = [int(x) for x in args.procs.split(",") if x]
-    steps = args.steps
+    workers = [int(x) for x in args.workers.split(",") if x]
     if not args.no_loader:
         log("(a) loaders")
-        n = max(args.steps * 4, 100)
+        n = 200
         specs = [
             (
                 "torchvision DataLoader (ToTensor, 0 workers)",
@@ -461,32 +475,26 @@ def main(argv: list[str] | None = None) -> int:
             spec[1]["overrides"] = [f"train.batch_size={args.batch_size}"]
         found = best(specs, args.repeats, log)
         report["loader"] = [{"name": name, **found[name]} for name, _, _ in specs]
-    report["training"], report["procs"], report["compile"] = [], [], []
+    report["training"], report["procs"] = [], []
     for path in args.configs:
         name = Path(path).stem
         rows = []
         for precision in precisions:
             log(f"(b) {name} in {precision}")
             over = [f"train.batch_size={args.batch_size}", f"train.mixed_precision={precision}"]
-            spec = {**base, "config": path, "overrides": over, "steps": steps}
-            rivals = [
-                ("distgan", {**spec, "kind": "distgan"}, 1),
-                ("plain", {**spec, "kind": "plain"}, 1),
-                ("tutorial", {**spec, "kind": "tutorial"}, 1),
-            ]
-            found = best(rivals, args.repeats, log)
-            rows.append({"config": name, "precision": precision, **found})
+            spec = {**base, "config": path, "overrides": over, "steps": args.steps, "seconds": args.seconds}
+            if spec["steps"] is None:  # size the window: the steps the plain loop fits into --seconds
+                spec["steps"] = run_child({**spec, "kind": "plain"})["steps"]
+                log(f"  window: {spec['steps']} steps of {args.batch_size}")
+            rivals = [("distgan", {**spec, "kind": "distgan"}, 1), ("plain", {**spec, "kind": "plain"}, 1)]
+            rivals += [(f"tutorial_w{w}", {**spec, "kind": "tutorial", "workers": w}, 1) for w in workers]
             if args.compile:
-                compiled = {**spec, "kind": "distgan", "overrides": [*over, "train.compile=default"]}
-                got = best([("compiled", compiled, 1)], args.repeats, log)["compiled"]
-                report["compile"].append(
-                    {
-                        "config": name,
-                        "precision": precision,
-                        "eager": found["distgan"]["img_per_s"],
-                        "compiled": got["img_per_s"],
-                    }
+                rivals.append(
+                    ("compiled", {**spec, "kind": "distgan", "overrides": [*over, "train.compile=default"]}, 1)
                 )
+            found = best(rivals, args.repeats, log)
+            tutorial = max((found[f"tutorial_w{w}"] for w in workers), key=lambda r: r["img_per_s"])
+            rows.append({"config": name, "precision": precision, "steps": spec["steps"], "tutorial": tutorial, **found})
         report["training"] += rows
         one = rows[0]["distgan"]  # the first precision's 1-process figure
         for n_procs in procs:
@@ -500,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": threads_each,
                 "config": path,
                 "kind": "distgan",
-                "steps": steps,
+                "steps": rows[0]["steps"],
                 "overrides": [*over, f"train.threads={threads_each}"],
             }
             got = best([(f"{n_procs} processes", spec, n_procs)], args.repeats, log)[f"{n_procs} processes"]

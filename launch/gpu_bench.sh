@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared GPU benchmark (issue #7), about 6-9 minutes on one H100: python -m distgan.bench on CUDA for v5 and
+# Prepared GPU benchmark (issue #7), sized for under 10 minutes on one H100 (estimated: not yet run on a GPU): python -m distgan.bench on CUDA for v5 and
 # default in fp32 and bf16, with torch.compile, against the plain and tutorial loops (and on every GPU when
 # there are several: NCCL), then one full v5 epoch at its own batch (64) in bf16, eager, compiled, and with
 # CUDA graphs (train.compile=reduce-overhead). Writes runs/gpu_bench/{bench.json,BENCHMARKS.md,epochs.md}.
