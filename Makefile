@@ -45,7 +45,7 @@ train: data
 compare: evaluator
 	$(PY) -m distgan.compare $(COMPARE_CONFIGS) --epochs $(COMPARE_EPOCHS) --out reports/blog $(COMPARE_ARGS)
 
-# Side-by-side speed on this machine (about 6 minutes on 2 CPU cores); BENCH_ARGS='--device cuda --compile' on a GPU.
+# Side-by-side speed on this machine (about 9 minutes on 2 CPU cores); BENCH_ARGS='--device cuda --compile' on a GPU.
 BENCH_ARGS ?=
 bench: data
 	$(PY) -m distgan.bench --out reports/bench $(BENCH_ARGS)

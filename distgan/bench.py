@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -228,17 +229,21 @@ def child(spec: dict) -> dict:
 
 
 def distgan_child(spec: dict) -> dict:
-    """distgan.train on a subset of ``steps`` steps per epoch, two epochs; the second is the timed one."""
+    """distgan.train on MNIST: a first epoch of warm-up, then the timed epochs, which together hold at least
+    ``steps`` steps (one epoch of a ``data.limit`` subset when that fits in the training set)."""
     from distgan import train
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.load(spec["config"], spec.get("overrides", []))
-        limit = spec["steps"] * cfg.train.batch_size * cfg.train.d_steps
+        step_images = cfg.train.batch_size * cfg.train.d_steps
+        per_epoch = min(spec["steps"], len(data.load_split("mnist", spec["root"])[0]) // step_images)
+        timed_epochs = -(-spec["steps"] // per_epoch)
         overrides = [
             *spec.get("overrides", []),
-            f"data.limit={limit}",
+            "data.dataset=mnist",
+            f"data.limit={per_epoch * step_images}",
             f"data.root={spec['root']}",
-            "train.epochs=2",
+            f"train.epochs={1 + timed_epochs}",
             "train.max_steps=null",
             "eval.every_epochs=0",
             "output.tracker=none",
@@ -261,17 +266,19 @@ def distgan_child(spec: dict) -> dict:
         if rank:
             return {"rank": rank, **memory}
         rows = [json.loads(line) for line in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()]
-        epoch = next(r for r in rows if r.get("event") == "epoch_end" and r["epoch"] == 2)
-        return {
-            "rank": 0,
-            "seconds": epoch["seconds"],
-            "steps": spec["steps"],
-            "img_per_s": epoch["img_per_s"],
-            **memory,
-        }
+        timed = [r for r in rows if r.get("event") == "epoch_end" and r["epoch"] >= 2]
+        seconds = sum(r["seconds"] for r in timed)
+        steps = timed[-1]["step"] - per_epoch  # the steps after the warm-up epoch
+        return {"rank": 0, "seconds": seconds, "steps": steps, "img_per_s": steps * step_images / seconds, **memory}
 
 
-def run_child(spec: dict, procs: int = 1, port: int = 29517) -> dict:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_child(spec: dict, procs: int = 1) -> dict:
     """Measure ``spec`` in a fresh process (or ``procs`` launched by accelerate); the main rank's figures plus
     every rank's peak memory."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,16 +291,18 @@ def run_child(spec: dict, procs: int = 1, port: int = 29517) -> dict:
             launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs)]
             if spec["device"] == "cpu":  # the gloo recipe of launch/cpu_multi.sh
                 env["ACCELERATE_USE_CPU"] = "1"
-                launcher += ["--config_file", str(LAUNCH / "cpu_multi.yaml"), "--main_process_port", str(port)]
+                launcher += ["--config_file", str(LAUNCH / "cpu_multi.yaml"), "--main_process_port", str(free_port())]
             else:
-                launcher += ["--multi_gpu", "--main_process_port", str(port)]
+                launcher += ["--multi_gpu", "--main_process_port", str(free_port())]
             cmd = [*launcher, *args]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         ranks = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("result*.json"))]
     main = next(r for r in ranks if r.get("rank", 0) == 0)
-    main["max_rss_mb_per_rank"] = [r["max_rss_mb"] for r in sorted(ranks, key=lambda r: r.get("rank", 0))]
+    ordered = sorted(ranks, key=lambda r: r.get("rank", 0))
+    main["max_rss_mb_per_rank"] = [r["max_rss_mb"] for r in ordered]
+    main["cuda_peak_mb_per_rank"] = [r["cuda_peak_mb"] for r in ordered if "cuda_peak_mb" in r]
     return main
 
 
@@ -337,6 +346,12 @@ def machine(device: str) -> dict:
     return info
 
 
+def memory(result: dict) -> str:
+    """Peak host RSS in MB, and the peak CUDA allocation when there is one."""
+    rss = f"{result['max_rss_mb']:,.0f}"
+    return rss + (f" ({result['cuda_peak_mb']:,.0f} CUDA)" if "cuda_peak_mb" in result else "")
+
+
 def markdown(report: dict) -> str:
     m, a = report["machine"], report["args"]
     lines = [
@@ -344,7 +359,9 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m.get('gpu', m['cpu'])}" + (f" ({m['gpus']} GPU)" if "gpu" in m else f", {m['cores']} cores"),
         f"({m['platform']}), Python {m['python']}, torch {m['torch']}; {m['date']}. Device {a['device']}, global",
-        f"batch {a['batch_size']}, timed windows of about {a['seconds']} s (steps per row), best of {a['repeats']}.",
+        f"batch {a['batch_size']}, "
+        + (f"{a['steps']} timed steps" if a["steps"] else f"timed windows of about {a['seconds']} s (steps per row)")
+        + f", best of {a['repeats']}.",
         "Regenerate: `python -m distgan.bench " + " ".join(report["argv"]) + "`.",
         "",
     ]
@@ -362,7 +379,7 @@ def markdown(report: dict) -> str:
     head += [f"tutorial, {w} workers, img/s" for w in workers]
     head += ["distgan / plain", "distgan / best tutorial"]
     head += ["compiled img/s", "compiled / distgan"] if compiled else []
-    head += ["peak RSS MB: distgan / plain / tutorial"]
+    head += ["peak MB (RSS, CUDA): distgan / plain / tutorial"]
     lines += [
         "## (b, d) Training: distgan against a plain loop and the tutorial loop",
         "",
@@ -376,20 +393,21 @@ def markdown(report: dict) -> str:
         cells += [f"{d / p:.3f}x", f"{d / t:.2f}x"]
         if compiled:
             cells += [f"{row['compiled']['img_per_s']:,.0f}", f"{row['compiled']['img_per_s'] / d:.2f}x"]
-        cells.append(" / ".join(f"{row[k]['max_rss_mb']:,.0f}" for k in ("distgan", "plain", "tutorial")))
+        cells.append(" / ".join(memory(row[k]) for k in ("distgan", "plain", "tutorial")))
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("procs"):
         lines += [
             "",
             "## (c, d) distgan on 1 and several processes (same global batch)",
             "",
-            "| config | processes | img/s | vs 1 process | peak RSS MB per process |",
-            "|---|---|---|---|---|",
+            "| config | processes | img/s | vs 1 process | peak RSS MB per process | peak CUDA MB per process |",
+            "|---|---|---|---|---|---|",
         ]
         for row in report["procs"]:
             rss = ", ".join(f"{x:,.0f}" for x in row["max_rss_mb_per_rank"])
+            cuda = ", ".join(f"{x:,.0f}" for x in row["cuda_peak_mb_per_rank"]) or "-"
             lines.append(
-                f"| {row['config']} | {row['procs']} | {row['img_per_s']:,.0f} | {row['ratio']:.2f}x | {rss} |"
+                f"| {row['config']} | {row['procs']} | {row['img_per_s']:,.0f} | {row['ratio']:.2f}x | {rss} | {cuda} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -435,9 +453,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     if args.procs is None:
-        gpus = torch.cuda.device_count() if args.device == "cuda" else 0
         args.procs = "1,2" if args.device == "cpu" else ("1" if gpus < 2 else f"1,{gpus}")
+    procs = [int(x) for x in args.procs.split(",") if x]
+    if args.device == "cuda" and max(procs) > gpus:
+        p.error(f"--procs {args.procs}: this machine has {gpus} GPU(s), one process each at most")
+    for path in args.configs:
+        cfg = config.load(path)
+        if (cfg.train.d_steps, cfg.train.g_steps, cfg.loss.swap_prob) != (1, 1, 0.0):
+            p.error(
+                f"{path}: the rival loops do one D and one G update per step without label swapping; this config "
+                f"has d_steps {cfg.train.d_steps}, g_steps {cfg.train.g_steps}, swap_prob {cfg.loss.swap_prob}"
+            )
     data.prepare("mnist", args.root)
     threads = torch.get_num_threads() if args.device == "cpu" else 1
     base = {
@@ -452,8 +480,13 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
         "argv": argv if argv is not None else sys.argv[1:],
     }
-    log = print
-    procs = [int(x) for x in args.procs.split(",") if x]
+    out = Path(args.out)
+
+    def log(line: str) -> None:  # progress, and the report so far (a run cut short keeps its rows)
+        print(line, flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+
     workers = [int(x) for x in args.workers.split(",") if x]
     if not args.no_loader:
         log("(a) loaders")
@@ -482,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         for precision in precisions:
             log(f"(b) {name} in {precision}")
             over = [f"train.batch_size={args.batch_size}", f"train.mixed_precision={precision}"]
+            over += [f"train.threads={threads}"] if args.device == "cpu" else []
             spec = {**base, "config": path, "overrides": over, "steps": args.steps, "seconds": args.seconds}
             if spec["steps"] is None:  # size the window: the steps the plain loop fits into --seconds
                 spec["steps"] = run_child({**spec, "kind": "plain"})["steps"]
@@ -495,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             found = best(rivals, args.repeats, log)
             tutorial = max((found[f"tutorial_w{w}"] for w in workers), key=lambda r: r["img_per_s"])
             rows.append({"config": name, "precision": precision, "steps": spec["steps"], "tutorial": tutorial, **found})
-        report["training"] += rows
+            report["training"].append(rows[-1])
         one = rows[0]["distgan"]  # the first precision's 1-process figure
         for n_procs in procs:
             if n_procs == 1:
@@ -512,25 +546,28 @@ def main(argv: list[str] | None = None) -> int:
                 "overrides": [*over, f"train.threads={threads_each}"],
             }
             got = best([(f"{n_procs} processes", spec, n_procs)], args.repeats, log)[f"{n_procs} processes"]
-            report["procs"] += [
-                {
-                    "config": name,
-                    "procs": 1,
-                    "img_per_s": one["img_per_s"],
-                    "ratio": 1.0,
-                    "max_rss_mb_per_rank": one["max_rss_mb_per_rank"],
-                },
+            if not any(r["config"] == name for r in report["procs"]):
+                report["procs"].append(
+                    {
+                        "config": name,
+                        "procs": 1,
+                        "img_per_s": one["img_per_s"],
+                        "ratio": 1.0,
+                        "max_rss_mb_per_rank": one["max_rss_mb_per_rank"],
+                        "cuda_peak_mb_per_rank": one["cuda_peak_mb_per_rank"],
+                    }
+                )
+            report["procs"].append(
                 {
                     "config": name,
                     "procs": n_procs,
                     "img_per_s": got["img_per_s"],
                     "ratio": got["img_per_s"] / one["img_per_s"],
                     "max_rss_mb_per_rank": got["max_rss_mb_per_rank"],
-                },
-            ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+                    "cuda_peak_mb_per_rank": got["cuda_peak_mb_per_rank"],
+                }
+            )
+    log(f"wrote {out / 'bench.json'}")
     text = markdown(report)
     (out / "BENCHMARKS.md").write_text(text)
     print(text)

@@ -110,7 +110,7 @@ class TrainConfig:
     """None keeps accelerate's setting (``accelerate launch --mixed_precision``, default no)."""
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] | None = None
     """torch.compile G and D (inductor) with this mode, through accelerate (after the DDP wrap). reduce-overhead
-    adds CUDA graphs (GPU only). None keeps accelerate's setting (``accelerate launch --dynamo_backend``,
+    is CUDA graphs (GPU only; max-autotune uses them too on a GPU); untested on a GPU so far. None keeps accelerate's setting (``accelerate launch --dynamo_backend``,
     default no). Costs a compilation of each graph at the start; measured in BENCHMARKS.md."""
     threads: int | None = None
     """torch CPU threads per process; None picks cores / local processes and records it."""
@@ -215,8 +215,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is False and "no" in args:  # YAML 1.1 reads a bare `no` as false: `mixed_precision: no`
             value = "no"
         if value not in args:
+            hint = (
+                " (YAML reads yes/on/true as a boolean: write one of the words above)"
+                if isinstance(value, bool)
+                else ""
+            )
             raise ConfigError(
                 f"{key}: {value!r} is not one of {', '.join(map(repr, args))}.{_suggest(str(value), map(str, args))}"
+                + hint
             )
         return value
     if dataclasses.is_dataclass(tp):

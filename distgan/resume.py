@@ -60,8 +60,8 @@ def check(saved: dict, cfg: config.Config, folder: Path) -> list[str]:
         )
     notes = []
     for key in ("threads", "mixed_precision", "compile"):
-        before, now = saved["train"].get(key), getattr(cfg.train, key)
-        if now is not None and before is not None and before != now:
+        before, now = saved["train"].get(key, "no" if key == "compile" else None), getattr(cfg.train, key)
+        if now is not None and before != now:
             notes.append(
                 f"train.{key} changes from {before!r} to {now!r}: the continuation will not be bitwise "
                 "identical to an uninterrupted run"

@@ -66,6 +66,8 @@ class GANSteps:
                 real_logits = self.D(real).float()
                 real_term = losses.d_term(self.loss_d, real_logits, real_targets)
                 self.accelerator.backward(real_term)
+            # read now: under CUDA graphs (train.compile=reduce-overhead) D's next run reuses its output memory
+            real_mean = real_logits.detach().sigmoid().mean()
             fake_logits = self.D(fake).float()
             fake_term = losses.d_term(self.loss_d, fake_logits, fake_targets)
             self.accelerator.backward(fake_term)
@@ -75,12 +77,13 @@ class GANSteps:
             real_logits, fake_logits = logits.split([len(real), len(fake)])
             loss = losses.d_loss(self.loss_d, real_logits, fake_logits, real_targets, fake_targets)
             self.accelerator.backward(loss)
+            real_mean = real_logits.detach().sigmoid().mean()
         norm = self._grad_norm(self.D, self.opt_d)
         self.opt_d.step()
         self.d_updates += 1
         self._count_skip("d", self.opt_d)
         with torch.no_grad():
-            return torch.stack([loss.detach(), real_logits.sigmoid().mean(), fake_logits.sigmoid().mean(), norm])
+            return torch.stack([loss.detach(), real_mean, fake_logits.sigmoid().mean(), norm])
 
     def g_step(self, z: Tensor) -> Tensor:
         """One G update through a frozen D. Returns detached [loss, grad norm (nan unless measured)]."""

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+import typing
 import uuid
 from pathlib import Path
 
@@ -131,11 +132,14 @@ def sample_grid(G: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 def train(cfg: config.Config, resume_from: str | None = None) -> Path:
     """Run one training (or continue one: ``resume_from`` 'auto' or a path); return the run folder."""
     # ---- setup: processes, precision, threads
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="wandb" if cfg.output.tracker == "wandb" else None,
         dynamo_plugin=dynamo_plugin(cfg.train.compile),
     )
+    # accelerate turns TF32 on for compiled float32 runs on CUDA; a compiled run must compute what an eager one does
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     stop = StopRequest().install()
     threads = torch.get_num_threads()
     try:
@@ -155,6 +159,12 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
     torch.set_flush_denormal(cfg.train.flush_denormal)  # no effect on GPUs; a no-op where unsupported
     cfg.train.mixed_precision = accelerator.mixed_precision
     plugin = accelerator.state.dynamo_plugin
+    modes = typing.get_args(typing.get_args(typing.get_type_hints(config.TrainConfig)["compile"])[0])
+    if plugin.backend not in (DynamoBackend.NO, DynamoBackend.INDUCTOR) or (plugin.mode or "default") not in modes:
+        raise config.ConfigError(
+            f"accelerate asks for torch.compile backend {plugin.backend.value.lower()} with mode {plugin.mode!r}; "
+            f"distgan compiles with inductor in one of the modes {', '.join(modes)}: set train.compile instead"
+        )
     cfg.train.compile = "no" if plugin.backend == DynamoBackend.NO else (plugin.mode or "default")
     if cfg.train.compile == "reduce-overhead" and accelerator.device.type != "cuda":
         raise config.ConfigError(
@@ -482,6 +492,7 @@ def write_summary(run_dir, cfg, accelerator, G, D, step: int, nimg: int, seconds
         "world": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
+        "compile": cfg.train.compile,
         "params_g": sum(p.numel() for p in G.parameters()),
         "params_d": sum(p.numel() for p in D.parameters()),
         "resumed_from_step": start_step or None,

@@ -31,6 +31,8 @@ for mode in ("no", "default", "reduce-overhead"):
     if not metrics.exists():
         lines.append(f"| train.compile={mode} | failed: see epochs-{mode}.log | | |"); continue
     ends = [json.loads(l) for l in metrics.read_text().splitlines() if '"epoch_end"' in l]
+    if len(ends) < 2:
+        lines.append(f"| train.compile={mode} | incomplete: see epochs-{mode}.log | | |"); continue
     lines.append(f"| train.compile={mode} | {ends[0]['seconds']:.2f} | {ends[1]['seconds']:.2f} | {ends[1]['img_per_s']:,.0f} |")
 (out / "epochs.md").write_text("\n".join(lines) + "\n"); print("\n".join(lines))
 PY

@@ -140,8 +140,10 @@ CASES = [c[0] for c in cases(Path("/x"))]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
+def _fresh_accelerate_state(monkeypatch):
     from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # the CPU-only refusals stay refusals on a GPU machine
 
     AcceleratorState._reset_state(True)
     yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,7 @@ def test_settings_the_cpu_cannot_honour_are_refused(mnist_root, tmp_path, overri
         text=True,
         check=False,
         cwd=REPO,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1"},  # refused on a CPU, even on a machine that has a GPU
     )
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "x").exists()  # nothing left behind: the same command, fixed, can run again
