@@ -62,7 +62,7 @@ versions-smoke: data
 
 # The 2-process CPU recipe launched 20 times in a row: it must never abort at exit.
 stress: data
-	$(PY) -m pytest -m stress -v
+	DISTGAN_STRESS_LAUNCHES=20 $(PY) -m pytest -m stress -v
 
 lint: install
 	$(VENV)/bin/ruff check distgan tests
