@@ -169,7 +169,8 @@ def tutorial_loop(
     cfg: config.Config, root: str, device: torch.device, warmup: int, steps: int, workers: int
 ) -> tuple[float, int]:
     """The classic tutorial: DataLoader batches, D on real then on fake.detach(), G through D on the same
-    fake, hard labels, torch.optim.Adam with its defaults, both losses read with ``.item()`` every step."""
+    fake, hard labels, torch.optim.Adam with its defaults, both losses read with ``.item()`` every step.
+    Like the plain loop, a rival without accelerate: its bare ``backward()`` calls are the point."""
     G, D = build(cfg, device)
     precision = cfg.train.mixed_precision or "no"
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.g.lr, betas=cfg.optim.g.betas)

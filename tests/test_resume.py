@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from distgan import checkpoint
 from tests.conftest import REPO, tiny_overrides
 from tests.test_distributed import BIN, free_port
+from tests.test_train import train as run_training
 
 # MNIST subset, an MLP G with BatchNorm and Dropout (so RNG state matters), EMA, evaluation every 2 epochs:
 # every piece of state a resume must restore. 4 epochs of 128 steps.
@@ -209,26 +210,7 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
 def test_resume_auto_sets_aside_a_named_run_that_never_saved(tmp_path):
     (tmp_path / "early").mkdir()
     (tmp_path / "early" / "config.yaml").write_text("x")  # an attempt killed before its first checkpoint
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distgan.train",
-            "--config",
-            "configs/default.yaml",
-            *tiny_overrides(tmp_path, "early"),
-            "data.dataset=synthetic",
-            "train.epochs=1",
-            "--resume",
-            "auto",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_training(tmp_path, "early", "data.dataset=synthetic", "train.epochs=1", "--resume", "auto")
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("early.no-checkpoint-")]
     assert len(aside) == 1 and (aside[0] / "config.yaml").read_text() == "x"
     assert (tmp_path / "early" / "summary.json").is_file()
