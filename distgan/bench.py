@@ -119,8 +119,8 @@ def build(cfg: config.Config, device: torch.device):
 def plain_loop(
     cfg: config.Config, images: Tensor, device: torch.device, warmup: int, steps: int | None, seconds: float
 ) -> tuple[float, int]:
-    """The same update as distgan's (D on cat(real, fake) or separately, smoothed labels, EMA, fused Adam),
-    written as one hand-made loop on device tensors, with no logging, checks or launcher."""
+    """The same update as distgan's (D on cat(real, fake) or separately, smoothed labels, lazy R1, EMA, fused
+    Adam), written as one hand-made loop on device tensors, with no logging, checks or launcher."""
     from distgan.train import couples_batch, make_adam
 
     G, D = build(cfg, device)
@@ -135,22 +135,32 @@ def plain_loop(
     def targets(lo_hi: tuple[float, float]) -> Tensor:
         return torch.empty(B, device=device).uniform_(*lo_hi)
 
+    def penalty(real_l: Tensor, real: Tensor) -> Tensor:
+        """Lazy R1, weighted by how rarely it runs."""
+        (grad,) = torch.autograd.grad(real_l.sum(), real, create_graph=True)
+        return cfg.loss.r1_every * 0.5 * cfg.loss.r1_gamma * grad.float().square().flatten(1).sum(1).mean()
+
     def step(i: int) -> None:
         for k in range(t.d_steps):
             start = ((i * t.d_steps + k) * B) % (len(held) - B + 1)
             real = held[order[start : start + B]].unsqueeze(1).float().div_(255)
             z = torch.randn(B, z_dim, device=device)
             real_t, fake_t = targets(cfg.loss.real_label), targets(cfg.loss.fake_label)
+            r1 = cfg.loss.r1_gamma > 0 and (i * t.d_steps + k) % cfg.loss.r1_every == 0
+            real.requires_grad_(r1)
             opt_d.zero_grad(set_to_none=True)
             with autocast(device, precision):
                 with torch.no_grad():
                     fake = G(z).to(real.dtype)
                 if separate:
-                    losses.d_term(cfg.loss.d, D(real).float(), real_t).backward()
+                    real_l = D(real).float()
+                    loss = losses.d_term(cfg.loss.d, real_l, real_t)
+                    (loss + penalty(real_l, real) if r1 else loss).backward()
                     losses.d_term(cfg.loss.d, D(fake).float(), fake_t).backward()
                 else:
                     real_l, fake_l = D(torch.cat([real, fake])).float().split([B, B])
-                    losses.d_loss(cfg.loss.d, real_l, fake_l, real_t, fake_t).backward()
+                    loss = losses.d_loss(cfg.loss.d, real_l, fake_l, real_t, fake_t)
+                    (loss + penalty(real_l, real) if r1 else loss).backward()
             opt_d.step()
         for _ in range(t.g_steps):
             D.requires_grad_(False)
@@ -169,7 +179,8 @@ def tutorial_loop(
     cfg: config.Config, root: str, device: torch.device, warmup: int, steps: int, workers: int
 ) -> tuple[float, int]:
     """The classic tutorial: DataLoader batches, D on real then on fake.detach(), G through D on the same
-    fake, hard labels, torch.optim.Adam with its defaults, both losses read with ``.item()`` every step.
+    fake, hard labels, no R1 penalty, torch.optim.Adam with its defaults, both losses read with ``.item()``
+    every step.
     Like the plain loop, a rival without accelerate: its bare ``backward()`` calls are the point."""
     G, D = build(cfg, device)
     precision = cfg.train.mixed_precision or "no"

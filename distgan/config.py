@@ -53,6 +53,10 @@ class ModelConfig:
     """Extra keyword arguments for the discriminator's constructor."""
     ema_decay: float | None = None
     """Keep an exponential moving average of G's weights (e.g. 0.999) for grids, samples and checkpoints."""
+    ema_bn_samples: int = 16384
+    """With an EMA of a G that has BatchNorm: before the EMA model is used (grids, evaluations, checkpoints)
+    its BatchNorm statistics are recomputed from this many fixed noise samples, so they describe the
+    averaged weights rather than the live G's; 0 keeps G's statistics."""
     sync_bn: bool = False
     """Multi-GPU: BatchNorm statistics over the global batch (SyncBatchNorm). Refused on CPU."""
 
@@ -73,6 +77,10 @@ class LossConfig:
     """constant: swap_prob until swap_until; linear: from swap_prob at the start down to 0 at swap_until."""
     swap_until: float = 1.0
     """Fraction of training (D updates) after which no label is swapped (the blog's v3.2_: 0.5)."""
+    r1_gamma: float = 0.0
+    """R1 penalty weight: D's loss gains gamma / 2 * E||grad_x D(x)||^2 on real images; 0 turns it off."""
+    r1_every: int = 1
+    """Lazy R1: apply the penalty on every k-th D update only, weighted k times (1: every update)."""
 
 
 @dataclass
@@ -380,6 +388,12 @@ def validate(cfg: Config) -> None:
         )
     need(0.0 <= cfg.loss.swap_prob <= 1.0, f"loss.swap_prob must lie in [0, 1], got {cfg.loss.swap_prob}")
     need(0.0 < cfg.loss.swap_until <= 1.0, f"loss.swap_until must lie in (0, 1], got {cfg.loss.swap_until}")
+    need(cfg.loss.r1_every >= 1, f"loss.r1_every must be >= 1, got {cfg.loss.r1_every}")
+    need(cfg.loss.r1_gamma >= 0, f"loss.r1_gamma must be >= 0 (0: no penalty), got {cfg.loss.r1_gamma}")
+    need(
+        cfg.model.ema_bn_samples >= 0,
+        f"model.ema_bn_samples must be >= 0 (0: keep G's), got {cfg.model.ema_bn_samples}",
+    )
     ema = cfg.model.ema_decay
     need(ema is None or 0.0 < ema < 1.0, f"model.ema_decay must lie in (0, 1) or be null, got {ema}")
     for net in ("g", "d"):
@@ -443,8 +457,14 @@ RESUME_IDENTITY = (
 )
 
 
+# Under an identity section but without effect on training: the EMA's BatchNorm calibration only sets what
+# grids, evaluations and checkpoints read.
+NOT_IDENTITY = ("model.ema_bn_samples",)
+
+
 def resume_conflicts(saved: dict, current: dict) -> list[str]:
-    """'key: saved -> current' for every identity key that differs between two resolved configs."""
+    """'key: saved -> current' for every identity key that differs between two resolved configs. A key the
+    saved config lacks (written before the key existed) counts as its default, which keeps the old behaviour."""
 
     def leaves(d: dict, prefix: str = "") -> dict:
         out = {}
@@ -455,6 +475,10 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
             )
         return out
 
-    a, b = leaves(saved), leaves(current)
-    keys = [k for k in sorted(set(a) | set(b)) if any(k == i or k.startswith(i + ".") for i in RESUME_IDENTITY)]
+    a, b = {**leaves(Config().to_dict()), **leaves(saved)}, leaves(current)
+    keys = [
+        k
+        for k in sorted(set(a) | set(b))
+        if any(k == i or k.startswith(i + ".") for i in RESUME_IDENTITY) and k not in NOT_IDENTITY
+    ]
     return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]

@@ -25,6 +25,11 @@ def fixed_z(z_dim: int, seed: int = 0, n: int = 64) -> Tensor:
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(stream_seed("fixed_z", seed)))
 
 
+def calibration_z(z_dim: int, seed: int, n: int) -> Tensor:
+    """The noise that recomputes the EMA model's BatchNorm statistics: fixed per (seed, n), drawn on the CPU."""
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(stream_seed("ema_bn", seed)))
+
+
 class StepNoise:
     """Per-step draws for one rank: noise z and label targets, sliced from the global batch."""
 

@@ -50,7 +50,7 @@ from distgan.dist import (
     set_rng_states,
     sync_buffers,
 )
-from distgan.rng import StepNoise, fixed_z, stream_seed, swap_rate
+from distgan.rng import StepNoise, calibration_z, fixed_z, stream_seed, swap_rate
 from distgan.sample import generate
 from distgan.signals import Stopped, StopRequest
 from distgan.steps import EMA, GANSteps
@@ -170,6 +170,12 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
         raise config.ConfigError(
             "train.compile=reduce-overhead means CUDA graphs, which need a CUDA GPU; use train.compile=default on a CPU"
         )
+    if cfg.loss.r1_gamma and cfg.train.compile != "no":
+        raise config.ConfigError(
+            f"loss.r1_gamma={cfg.loss.r1_gamma} differentiates D's input gradient (a double backward), which "
+            f"torch.compile does not support (train.compile={cfg.train.compile}): set train.compile=no, or "
+            "loss.r1_gamma=0"
+        )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         # accelerate accepts it but has no CPU fp16 autocast and no scaler: the run would be float32 in disguise.
         raise config.ConfigError(
@@ -262,7 +268,18 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
         ema.model.to(accelerator.device)
     torch.manual_seed(stream_seed(cfg.train.seed, "torch", rank))  # dropout masks: differ per rank, reproducibly
     separate = cfg.train.d_forward == "separate" or (cfg.train.d_forward == "auto" and couples_batch(D_raw))
-    gan = GANSteps(accelerator, G, D, opt_g, opt_d, cfg.loss.d, cfg.loss.g, separate_d_forward=separate)
+    gan = GANSteps(
+        accelerator,
+        G,
+        D,
+        opt_g,
+        opt_d,
+        cfg.loss.d,
+        cfg.loss.g,
+        separate_d_forward=separate,
+        r1_gamma=cfg.loss.r1_gamma,
+        r1_every=cfg.loss.r1_every,
+    )
     gan.ema = ema
     counters = {
         "step": 0,
@@ -275,6 +292,9 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
         counters.update(restore(accelerator, restored, opt_g, opt_d, gan, ema, cfg))
     nets = {"G": G_raw, "D": D_raw, **({"G_ema": ema.model} if ema else {})}  # what checkpoints hold
     G_show = ema.model if ema else G_raw  # what grids show
+    bn_z = None
+    if ema is not None and cfg.model.ema_bn_samples:
+        bn_z = calibration_z(cfg.model.z_dim, cfg.train.seed, cfg.model.ema_bn_samples).to(accelerator.device)
     noise = StepNoise(cfg.train.seed, cfg.model.z_dim, cfg.train.batch_size, world, rank, accelerator.device)
     grid_z = fixed_z(cfg.model.z_dim, cfg.output.grid_seed)
     versions = {"distgan": __version__, "torch": torch.__version__}
@@ -338,6 +358,8 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
         ``kind``: the event's name, epoch_end or stop (mid-epoch: max_steps reached, or a signal)."""
         flush()
         nimg = step * step_images
+        if ema is not None and bn_z is not None:
+            ema.calibrate(bn_z)
         sync_buffers(accelerator, *nets.values())  # collective: BatchNorm statistics as DDP's next forward sets them
         rank_checksums = check_ranks_agree(accelerator, **nets) if save else None  # collective
         if rank_checksums is not None and not all(map(math.isfinite, rank_checksums)):
@@ -432,9 +454,10 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
                 gan.measure = step % cfg.train.log_every == 0  # gradient norms on logging steps only
                 d_out.append(gan.d_step(real, z, real_t, fake_t))
             g_out = [gan.g_step(noise.g_step(step * cfg.train.g_steps + k)) for k in range(cfg.train.g_steps)]
-            d_mean, g_mean = torch.stack(d_out).mean(0), torch.stack(g_out).mean(0)
-            # the order of STEP_KEYS: loss_d, loss_g, d_real, d_fake, grad_norm_d, grad_norm_g
-            buffer.add(step, torch.stack([d_mean[0], g_mean[0], d_mean[1], d_mean[2], d_mean[3], g_mean[1]]))
+            d_all = torch.stack(d_out)
+            d_mean, g_mean, r1 = d_all.mean(0), torch.stack(g_out).mean(0), d_all[:, 4].nanmean()  # lazy R1: some nan
+            # the order of STEP_KEYS: loss_d, loss_g, d_real, d_fake, grad_norm_d, grad_norm_g, r1
+            buffer.add(step, torch.stack([d_mean[0], g_mean[0], d_mean[1], d_mean[2], d_mean[3], g_mean[1], r1]))
             step += 1
             bar.update()
             if buffer.full():

@@ -85,6 +85,41 @@ def _probe_separate_d_forward_with_batchnorm():
     acc.end_training()
 
 
+def _probe_r1_equals_one_process_on_the_whole_batch():
+    """R1's double backward under DDP: two ranks of 4 images take the step one process takes on all 8."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from distgan import losses, models
+    from distgan.steps import GANSteps
+
+    acc = Accelerator()
+    torch.manual_seed(0)
+    G = models.build_generator("mlp_g", 8, {"hidden": [16], "batchnorm": False})
+    D = models.build_discriminator("mlp_d", {"hidden": [16]})
+    D_ref = copy.deepcopy(D)
+    gen = torch.Generator().manual_seed(1)
+    real, z = torch.rand(8, 1, 28, 28, generator=gen), torch.randn(8, 8, generator=gen)
+    real_t, fake_t = torch.rand(8, generator=gen) * 0.1 + 0.9, torch.zeros(8)
+    D_ddp, opt_d = acc.prepare(D, torch.optim.SGD(D.parameters(), lr=0.1))
+    gan = GANSteps(acc, G, D_ddp, None, opt_d, "bce", "bce", r1_gamma=2.0)
+    mine = slice(4 * acc.process_index, 4 * acc.process_index + 4)
+    gan.d_step(real[mine], z[mine], real_t[mine], fake_t[mine])
+
+    x = real.clone().requires_grad_(True)
+    with torch.no_grad():
+        fake = G(z)
+    real_logits, fake_logits = D_ref(torch.cat([x, fake])).split([8, 8])
+    (grad,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
+    loss = losses.d_loss("bce", real_logits, fake_logits, real_t, fake_t) + grad.square().flatten(1).sum(1).mean()
+    loss.backward()
+    with torch.no_grad():
+        for p, q in zip(D_ref.parameters(), acc.unwrap_model(D_ddp).parameters(), strict=True):
+            assert torch.allclose(p - 0.1 * p.grad, q, atol=1e-6), (p - 0.1 * p.grad - q).abs().max()
+    acc.end_training()
+
+
 def _probe_rank_mismatch_is_caught():
     from accelerate import Accelerator
 
@@ -128,6 +163,7 @@ PROBES = {
     "g_step_leaves_d_alone": _probe_g_step_leaves_d_alone,
     "separate_d_forward_with_batchnorm": _probe_separate_d_forward_with_batchnorm,
     "rank_mismatch_is_caught": _probe_rank_mismatch_is_caught,
+    "r1_equals_one_process_on_the_whole_batch": _probe_r1_equals_one_process_on_the_whole_batch,
     "main_failure_reaches_every_rank": _probe_main_failure_reaches_every_rank,
 }
 

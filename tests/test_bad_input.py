@@ -84,6 +84,14 @@ def cases(ws: Path) -> list[tuple[str, list[str], int, str]]:
         ("existing run without --resume", [*cfg, "output.name=prev"], 1, "already holds a run"),
         ("fp16 on a CPU", [*cfg, "train.mixed_precision=fp16", "output.name=x"], 1, "fp16 is not available on the CPU"),
         ("CUDA graphs on a CPU", [*cfg, "train.compile=reduce-overhead", "output.name=x"], 1, "need a CUDA GPU"),
+        ("negative R1 weight", [*cfg, "loss.r1_gamma=-1"], 2, "loss.r1_gamma must be >= 0"),
+        ("lazy R1 every 0 updates", [*cfg, "loss.r1_every=0"], 2, "loss.r1_every must be >= 1"),
+        (
+            "R1 under torch.compile",
+            [*cfg, "loss.r1_gamma=1", "train.compile=default", "output.name=x"],
+            1,
+            "torch.compile does not support",
+        ),
         ("resume: missing path", [*cfg, "--resume", str(bad / "nothing")], 1, "no checkpoint at"),
         (
             "resume: truncated checkpoint",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,20 @@ def test_cli_reports_config_errors_without_traceback():
     )
     assert proc.returncode == 2
     assert "Did you mean 'train.epochs'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_reads_keys_an_older_checkpoint_lacks_as_their_defaults():
+    """A checkpoint written before loss.r1_* and model.ema_bn_samples existed resumes under today's default
+    values (which keep the old training); changing a key that shapes training is still a conflict, and the EMA's
+    BatchNorm calibration, which only sets what grids and evaluations read, never is."""
+    current = config.load(CONFIGS[0].with_name("default.yaml")).to_dict()
+    old = copy.deepcopy(current)
+    for section, key in (("loss", "r1_gamma"), ("loss", "r1_every"), ("model", "ema_bn_samples")):
+        del old[section][key]
+    current["loss"]["r1_gamma"] = config.LossConfig().r1_gamma
+    current["loss"]["r1_every"] = config.LossConfig().r1_every
+    assert config.resume_conflicts(old, current) == []
+    current["model"]["ema_bn_samples"] = 0
+    assert config.resume_conflicts(old, current) == []
+    current["loss"]["r1_gamma"] = 5.0
+    assert config.resume_conflicts(old, current) == ["loss.r1_gamma: 0.0 in the checkpoint, 5.0 now"]

@@ -200,7 +200,13 @@ def test_mis_launch_fails_fast_with_the_right_command(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "probe", ["g_step_leaves_d_alone", "separate_d_forward_with_batchnorm", "rank_mismatch_is_caught"]
+    "probe",
+    [
+        "g_step_leaves_d_alone",
+        "separate_d_forward_with_batchnorm",
+        "rank_mismatch_is_caught",
+        "r1_equals_one_process_on_the_whole_batch",
+    ],
 )
 def test_gan_update_under_ddp(probe):
     """Each probe runs in 2 gloo processes forked by accelerate's debug_launcher, from a fresh interpreter:

@@ -1,0 +1,127 @@
+"""The GAN update's R1 penalty, pinned on a linear D where it has a closed form: grad_x (w.x + b) = w, so
+R1 = gamma / 2 * ||w||^2 and it adds gamma * w to D's weight gradient."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from distgan import models
+from distgan.steps import GANSteps
+
+
+class LinearD(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(28 * 28, 1)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)).squeeze(1)
+
+
+@pytest.mark.parametrize("scale", [None, 2.0**16])
+def test_r1_is_half_gamma_times_the_squared_input_gradient_with_or_without_a_grad_scaler(scale):
+    """fp16's recipe takes the input gradient of scaled logits and unscales it: the penalty is the same.
+    (A stand-in accelerator: fp16 autocast and its scaler exist only on GPUs.)"""
+    torch.manual_seed(0)
+    D = LinearD()
+    scaler = None if scale is None else torch.amp.GradScaler("cpu", init_scale=scale)
+    gan = GANSteps(
+        SimpleNamespace(device=torch.device("cpu"), scaler=scaler), None, D, None, None, "bce", "bce", r1_gamma=3.0
+    )
+    real = torch.rand(5, 1, 28, 28, requires_grad=True)
+    r1 = gan._r1(real, D(real))
+    want = 0.5 * 3.0 * D.lin.weight.detach().square().sum()
+    assert torch.allclose(r1, want, rtol=1e-5), (r1, want)
+    assert r1.requires_grad  # it trains D
+
+
+@pytest.mark.parametrize(
+    ("separate", "every", "done", "weight"),
+    [(False, 1, 0, 1), (True, 1, 0, 1), (False, 4, 8, 4), (True, 4, 9, 0)],
+    ids=["joint", "separate", "lazy-due", "lazy-skipped"],
+)
+def test_r1_adds_gamma_w_to_the_d_step_and_is_reported_apart_from_the_loss(separate, every, done, weight):
+    """Same batch, noise and D, with and without R1, one SGD step of rate 1: the weights differ by exactly
+    -weight * gamma * w, the bias not at all; the reported loss is the GAN loss in both, the penalty its own
+    column. Lazy R1 (every k-th D update, ``done`` updates so far) weighs it k times when due, 0 otherwise."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    G = models.build_generator("mlp_g", 8, {"hidden": [16], "batchnorm": False})
+    D0 = LinearD()
+    real, z = torch.rand(6, 1, 28, 28), torch.randn(6, 8)
+    targets = torch.ones(6), torch.zeros(6)
+    after = {}
+    for gamma in (0.0, 0.5):
+        D = LinearD()
+        D.load_state_dict(D0.state_dict())
+        opt_d = torch.optim.SGD(D.parameters(), lr=1.0)
+        gan = GANSteps(
+            accelerator, G, D, None, opt_d, "bce", "bce", separate_d_forward=separate, r1_gamma=gamma, r1_every=every
+        )
+        gan.d_updates = done
+        out = gan.d_step(real, z, *targets)
+        after[gamma] = (D.lin.weight.detach().clone(), D.lin.bias.detach().clone(), out)
+    (w0, b0, out0), (w1, b1, out1) = after[0.0], after[0.5]
+    w = D0.lin.weight.detach()
+    assert torch.allclose(w1 - w0, -weight * 0.5 * w, atol=1e-6)
+    assert torch.equal(b1, b0)
+    assert torch.allclose(out1[:4], out0[:4], equal_nan=True)  # loss, D(real), D(fake), (unmeasured) norm
+    assert out0[4].isnan()
+    if weight:
+        assert torch.allclose(out1[4], 0.25 * w.square().sum())  # gamma / 2 * ||w||^2, before the lazy weight
+    else:
+        assert out1[4].isnan()
+    assert not real.requires_grad  # the caller's batch is left alone
+
+
+def test_ema_calibration_gives_the_averaged_weights_their_own_batchnorm_statistics():
+    from distgan.steps import EMA
+
+    torch.manual_seed(0)
+    G = models.build_generator("mlp_g", 8, {"hidden": [16, 32]})
+    ema = EMA(G, 0.9)
+    with torch.no_grad():  # the average drifts away from the live G, whose statistics EMA.update copies
+        for p in ema.model.parameters():
+            p.mul_(1.5)
+    live = {k: v.clone() for k, v in G.state_dict().items()}
+    z = torch.randn(3000, 8)
+    ema.calibrate(z, batch=3000)  # one batch: the statistics are that batch's mean and unbiased variance
+    first, bn = ema.model.net[0], ema.model.net[1]
+    with torch.no_grad():
+        h = first(z)
+    assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, h.var(0, unbiased=True), rtol=1e-4)
+    assert not torch.allclose(bn.running_mean, G.net[1].running_mean)
+    assert bn.momentum == 0.1 and not ema.model.training
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in live.items())  # the live G is untouched
+
+    again = EMA(G, 0.9)
+    again.model.load_state_dict(ema.model.state_dict())
+    again.calibrate(z, batch=700)  # in chunks of 700, 700, 700, 700 and 200: weighted by size, nearly the same
+    assert torch.allclose(again.model.net[1].running_mean, bn.running_mean, atol=1e-5)
+    assert torch.allclose(again.model.net[1].running_var, bn.running_var, rtol=0.01)
+
+
+def test_ema_calibration_keeps_dropout_off_and_draws_nothing_from_the_rng():
+    """Statistics for eval mode, where dropout is off; and no RNG draw, which would shift every later dropout
+    mask of a run that saved mid-epoch against one that did not."""
+    from distgan.steps import EMA
+
+    torch.manual_seed(0)
+    G = models.build_generator("mlp_g", 8, {"hidden": [16, 32], "dropout": 0.5})
+    ema = EMA(G, 0.9)
+    z = torch.randn(512, 8)
+    state = torch.get_rng_state()
+    ema.calibrate(z, batch=512)
+    assert torch.equal(torch.get_rng_state(), state)
+    same = EMA(G, 0.9)  # the same G with its dropout layers taken out
+    same.model.net = nn.Sequential(*(nn.Identity() if isinstance(m, nn.Dropout) else m for m in same.model.net))
+    same.calibrate(z, batch=512)
+    for key, value in ema.model.state_dict().items():
+        assert torch.equal(value, same.model.state_dict()[key]), key
