@@ -51,6 +51,9 @@ def test_few_step_run_writes_grid_checkpoint_metrics_and_offline_wandb(mnist_roo
     assert [r["step"] for r in steps] == list(range(6))
     assert all(np.isfinite([r["loss_d"], r["loss_g"], r["d_real"], r["d_fake"]]).all() for r in steps)
     assert 0 < steps[0]["d_real"] < 1 and 0 < steps[0]["d_fake"] < 1
+    # the default's lazy R1: the penalty is logged apart, on every 4th D update, positive
+    assert [r["r1"] is not None for r in steps] == [s % 4 == 0 for s in range(6)]
+    assert all(r["r1"] > 0 for r in steps if r["r1"] is not None)
 
     grid = png(run / "samples" / "step-000006.png")
     assert grid.shape == (8 * 30 + 2, 8 * 30 + 2) and grid.dtype == np.uint8
@@ -66,8 +69,9 @@ def test_few_step_run_writes_grid_checkpoint_metrics_and_offline_wandb(mnist_roo
     run_file = next(offline[0].glob("run-*.wandb"))
     logged = wandb_reader.history(run_file)
     assert [r["_step"] for r in logged if "train/loss_d" in r] == list(range(6))
+    assert [r["_step"] for r in logged if "train/r1" in r] == [0, 4]
     assert any(r.get("samples/_type") == "images/separated" for r in logged)
-    assert wandb_reader.config(run_file)["train"]["batch_size"] == 64
+    assert wandb_reader.config(run_file)["train"]["batch_size"] == 256
 
 
 @pytest.mark.real_data
@@ -77,6 +81,20 @@ def test_checkpoint_loads_alone_and_sample_regenerates_the_grid_bit_exactly(mnis
     tensors = load_file(model_file)  # safetensors alone, no distgan code, no pickle
     assert any(k.startswith("G.") for k in tensors) and any(k.startswith("D.") for k in tensors)
     assert any(k.startswith("G_ema.") for k in tensors)  # the default keeps an EMA of G, which grids show
+    # ... whose BatchNorm statistics were recomputed for the averaged weights, from the fixed calibration noise
+    from distgan import config, models
+    from distgan.rng import calibration_z
+    from distgan.steps import EMA
+
+    cfg = config.load(run / "config.yaml")
+    G = models.build_generator(cfg.model.g, cfg.model.z_dim, cfg.model.g_args)
+    ema = EMA(G, cfg.model.ema_decay)
+    ema.model.load_state_dict({k[len("G_ema.") :]: v for k, v in tensors.items() if k.startswith("G_ema.")})
+    ema.calibrate(calibration_z(cfg.model.z_dim, cfg.train.seed, cfg.model.ema_bn_samples))
+    for key, value in ema.model.state_dict().items():
+        if "running_" in key:
+            torch.testing.assert_close(value, tensors[f"G_ema.{key}"])
+            assert not torch.allclose(value, tensors[f"G.{key}"])
 
     out = tmp_path / "again.png"
     run_module("distgan.sample", "--checkpoint", str(run), "--fixed-z", "--out", str(out))
@@ -181,6 +199,7 @@ def test_wandb_dashboard_holds_losses_grad_norms_speed_evaluations_and_grid(tmp_
         "dash",
         "data.dataset=synthetic",
         "train.epochs=2",
+        "train.batch_size=64",
         "train.log_every=8",
         "eval.every_epochs=1",
         "eval.samples=200",
