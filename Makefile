@@ -51,7 +51,7 @@ bench: data
 	$(PY) -m distgan.bench --out reports/bench $(BENCH_ARGS)
 
 test: data lint
-	$(PY) -m pytest -m "not versions"
+	$(PY) -m pytest -m "not versions" --durations=12
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not stress"
