@@ -137,8 +137,7 @@ def plain_loop(
 
     def penalty(real_l: Tensor, real: Tensor) -> Tensor:
         """Lazy R1, weighted by how rarely it runs."""
-        (grad,) = torch.autograd.grad(real_l.sum(), real, create_graph=True)
-        return cfg.loss.r1_every * 0.5 * cfg.loss.r1_gamma * grad.float().square().flatten(1).sum(1).mean()
+        return cfg.loss.r1_every * losses.r1(real, real_l, cfg.loss.r1_gamma)
 
     def step(i: int) -> None:
         for k in range(t.d_steps):

@@ -99,6 +99,17 @@ def d_loss(name: str, real_logits: Tensor, fake_logits: Tensor, real_targets: Te
     return d_term(name, real_logits, real_targets) + d_term(name, fake_logits, fake_targets)
 
 
+def r1(real: Tensor, real_logits: Tensor, gamma: float, scale: Tensor | None = None) -> Tensor:
+    """R1 = gamma / 2 * E ||grad_x D(x)||^2 on real images (Mescheder et al., 2018), with a graph so it trains D.
+    ``real`` must require grad. ``scale`` (fp16's loss scale): the input gradient is taken of the scaled logits
+    and unscaled after, as torch.amp's gradient-penalty recipe does, so small gradients do not flush to zero."""
+    out = real_logits.sum() if scale is None else real_logits.sum() * scale
+    (grad,) = torch.autograd.grad(out, real, create_graph=True)
+    if scale is not None:
+        grad = grad / scale
+    return 0.5 * gamma * grad.float().square().flatten(1).sum(1).mean()
+
+
 def g_loss(name: str, fake_logits: Tensor) -> Tensor:
     """G's loss on D's logits for its samples."""
     return LOSSES[name].g(fake_logits.float())

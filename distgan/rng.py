@@ -20,14 +20,10 @@ def stream_seed(*keys: object) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def fixed_z(z_dim: int, seed: int = 0, n: int = 64) -> Tensor:
-    """The grid's fixed noise, drawn on the CPU so every device and config with this z_dim shares it."""
-    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(stream_seed("fixed_z", seed)))
-
-
-def calibration_z(z_dim: int, seed: int, n: int) -> Tensor:
-    """The noise that recomputes the EMA model's BatchNorm statistics: fixed per (seed, n), drawn on the CPU."""
-    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(stream_seed("ema_bn", seed)))
+def fixed_z(z_dim: int, seed: int = 0, n: int = 64, stream: str = "fixed_z") -> Tensor:
+    """Fixed noise drawn on the CPU, so every device and config with this z_dim shares it: the grid's by
+    default; ``stream="ema_bn"``: what recomputes the EMA model's BatchNorm statistics."""
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(stream_seed(stream, seed)))
 
 
 class StepNoise:

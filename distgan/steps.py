@@ -119,17 +119,10 @@ class GANSteps:
         return torch.stack([loss.detach(), norm])
 
     def _r1(self, real: Tensor, real_logits: Tensor) -> Tensor:
-        """R1 = gamma / 2 * E ||grad_x D(x)||^2 on real images (Mescheder et al., 2018), with a graph so it
-        trains D. Under fp16 the input gradient is taken of the scaled logits and unscaled after, as
-        torch.amp's gradient-penalty recipe does, so small gradients do not flush to zero."""
-        out = real_logits.sum()
+        """``losses.r1`` at this run's gamma, under fp16 at the scaler's current scale (read on the device)."""
         scaler = self.accelerator.scaler
-        if scaler is not None:
-            out = scaler.scale(out)
-        (grad,) = torch.autograd.grad(out, real, create_graph=True)
-        if scaler is not None:
-            grad = grad / scaler.scale(torch.ones((), device=grad.device))
-        return 0.5 * self.r1_gamma * grad.float().square().flatten(1).sum(1).mean()
+        scale = None if scaler is None else scaler.scale(torch.ones((), device=real.device))
+        return losses.r1(real, real_logits, self.r1_gamma, scale)
 
     def _grad_norm(self, net: nn.Module, opt) -> Tensor:
         """The global L2 norm of net's gradients, true scale (fp16: unscaled first, as the step would)."""

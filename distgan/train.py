@@ -50,7 +50,7 @@ from distgan.dist import (
     set_rng_states,
     sync_buffers,
 )
-from distgan.rng import StepNoise, calibration_z, fixed_z, stream_seed, swap_rate
+from distgan.rng import StepNoise, fixed_z, stream_seed, swap_rate
 from distgan.sample import generate
 from distgan.signals import Stopped, StopRequest
 from distgan.steps import EMA, GANSteps
@@ -294,7 +294,9 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
     G_show = ema.model if ema else G_raw  # what grids show
     bn_z = None
     if ema is not None and cfg.model.ema_bn_samples:
-        bn_z = calibration_z(cfg.model.z_dim, cfg.train.seed, cfg.model.ema_bn_samples).to(accelerator.device)
+        bn_z = fixed_z(cfg.model.z_dim, cfg.train.seed, cfg.model.ema_bn_samples, stream="ema_bn").to(
+            accelerator.device
+        )
     noise = StepNoise(cfg.train.seed, cfg.model.z_dim, cfg.train.batch_size, world, rank, accelerator.device)
     grid_z = fixed_z(cfg.model.z_dim, cfg.output.grid_seed)
     versions = {"distgan": __version__, "torch": torch.__version__}
@@ -358,7 +360,7 @@ def _train(cfg: config.Config, accelerator: Accelerator, resume_from: str | None
         ``kind``: the event's name, epoch_end or stop (mid-epoch: max_steps reached, or a signal)."""
         flush()
         nimg = step * step_images
-        if ema is not None and bn_z is not None:
+        if bn_z is not None:  # only set where there is an EMA
             ema.calibrate(bn_z)
         sync_buffers(accelerator, *nets.values())  # collective: BatchNorm statistics as DDP's next forward sets them
         rank_checksums = check_ranks_agree(accelerator, **nets) if save else None  # collective

@@ -83,14 +83,14 @@ def test_checkpoint_loads_alone_and_sample_regenerates_the_grid_bit_exactly(mnis
     assert any(k.startswith("G_ema.") for k in tensors)  # the default keeps an EMA of G, which grids show
     # ... whose BatchNorm statistics were recomputed for the averaged weights, from the fixed calibration noise
     from distgan import config, models
-    from distgan.rng import calibration_z
+    from distgan.rng import fixed_z
     from distgan.steps import EMA
 
     cfg = config.load(run / "config.yaml")
     G = models.build_generator(cfg.model.g, cfg.model.z_dim, cfg.model.g_args)
     ema = EMA(G, cfg.model.ema_decay)
     ema.model.load_state_dict({k[len("G_ema.") :]: v for k, v in tensors.items() if k.startswith("G_ema.")})
-    ema.calibrate(calibration_z(cfg.model.z_dim, cfg.train.seed, cfg.model.ema_bn_samples))
+    ema.calibrate(fixed_z(cfg.model.z_dim, cfg.train.seed, cfg.model.ema_bn_samples, stream="ema_bn"))
     for key, value in ema.model.state_dict().items():
         if "running_" in key:
             torch.testing.assert_close(value, tensors[f"G_ema.{key}"])
