@@ -26,25 +26,16 @@ from typing import Any
 
 import safetensors
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
+
+from distgan.errors import CheckpointError
+from distgan.files import write_atomic
 
 MODEL_FILE = "model.safetensors"
 TRAIN_FILE = "train.safetensors"
 STATE_FILE = "state.json"
 TAG = re.compile(r"^(epoch-\d{3,}|step-\d{6,})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or not distgan's; the message says what to do."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def state_tensors(**modules: nn.Module) -> dict[str, torch.Tensor]:
@@ -56,14 +47,14 @@ def state_tensors(**modules: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file through distgan's atomic writer. (safetensors' own ``save_file`` turns a full disk
+    into a ``SafetensorError``; written from Python it stays ``OSError(ENOSPC)``, which save() explains.)"""
+    write_atomic(path, safetensors_bytes(tensors, metadata=metadata))
+
+
 def _write_pointer(ckpt_dir: Path, name: str, tag: str) -> None:
-    pointer = ckpt_dir / f".{name}.tmp"
-    with open(pointer, "w") as f:
-        f.write(tag + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(pointer, ckpt_dir / name)
-    _fsync_dir(ckpt_dir)
+    write_atomic(ckpt_dir / name, tag + "\n")
 
 
 def read_pointer(ckpt_dir: Path, name: str) -> str | None:
@@ -90,16 +81,9 @@ def save(
         tmp.mkdir()
         metadata = {"format": "pt", **{k: json.dumps(v) for k, v in info.items() if k != "train"}}
         save_file(tensors, tmp / MODEL_FILE, metadata=metadata)
-        names = [MODEL_FILE, STATE_FILE]
         if train_tensors is not None:
             save_file(train_tensors, tmp / TRAIN_FILE, metadata={"format": "pt"})
-            names.append(TRAIN_FILE)
-        with open(tmp / STATE_FILE, "w") as f:
-            json.dump(info, f, indent=2)
-        for name in names:
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        write_atomic(tmp / STATE_FILE, json.dumps(info, indent=2))
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -128,9 +112,11 @@ def mark_best(ckpt_dir: Path, tag: str) -> None:
 def prune(ckpt_dir: Path, keep_last: int) -> list[str]:
     """Delete all but the newest ``keep_last`` checkpoints (0: keep all), never ``latest`` or ``best``;
     return the deleted tags. Leftovers of interrupted saves (hidden .tmp folders) go too."""
-    for leftover in ckpt_dir.glob(".*.tmp"):
+    for leftover in ckpt_dir.glob(".*.tmp"):  # an interrupted checkpoint folder, or pointer file
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     if keep_last <= 0:
         return []
     tags = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and TAG.match(p.name)), key=_order)

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from distgan import checkpoint, config
+from distgan.errors import CompareError, DistganError
 
 TIMING = ("wall_s", "img_per_s")
 METRICS = (
@@ -52,10 +53,6 @@ METRICS = (
     "params_d",
 )
 NAMING_KEYS = {("output", "name"), ("output", "dir"), ("output", "wandb_group")}  # where a run lives, not what it is
-
-
-class CompareError(RuntimeError):
-    """A comparison cannot go on; the message says what to do."""
 
 
 # --------------------------------------------------------------------------- planning and training
@@ -426,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             if e["result"]["final_fid"] is None:
                 raise CompareError(f"{e['run']} has no evaluation; was eval.every_epochs set to 0?")
         table = write_report(entries, out, args)
-    except (CompareError, config.ConfigError) as err:
+    except DistganError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(markdown_table(table, len(args.seeds), args.fid_threshold))

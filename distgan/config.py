@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -23,9 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value or key is invalid; the message says which and how to fix it."""
+from distgan import losses, models
+from distgan.errors import ConfigError, suggest
 
 
 @dataclass
@@ -191,11 +189,6 @@ def to_plain(obj: Any) -> Any:
 # --------------------------------------------------------------------------- typed construction
 
 
-def _suggest(key: str, valid: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -229,7 +222,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 else ""
             )
             raise ConfigError(
-                f"{key}: {value!r} is not one of {', '.join(map(repr, args))}.{_suggest(str(value), map(str, args))}"
+                f"{key}: {value!r} is not one of {', '.join(map(repr, args))}.{suggest(str(value), map(str, args))}"
                 + hint
             )
         return value
@@ -271,9 +264,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             valid = [f"{prefix}.{n}" if prefix else n for n in names]
-            raise ConfigError(
-                f"unknown config key '{path}'.{_suggest(path, valid)} Valid keys here: {', '.join(valid)}"
-            )
+            raise ConfigError(f"unknown config key '{path}'.{suggest(path, valid)} Valid keys here: {', '.join(valid)}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
 
@@ -423,8 +414,6 @@ def validate(cfg: Config) -> None:
 
 
 def check_registries(cfg: Config) -> None:
-    from distgan import losses, models  # local import: those modules import this one
-
     models.check_spec("g", cfg.model.g, cfg.model.g_args)
     models.check_spec("d", cfg.model.d, cfg.model.d_args)
     models.check_build(cfg.model)
@@ -432,53 +421,10 @@ def check_registries(cfg: Config) -> None:
         name = getattr(cfg.loss, net)
         if name not in losses.LOSSES:
             raise ConfigError(
-                f"loss.{net}: unknown loss '{name}'.{_suggest(name, losses.LOSSES)} "
+                f"loss.{net}: unknown loss '{name}'.{suggest(name, losses.LOSSES)} "
                 f"Choose from {', '.join(losses.LOSSES)}"
             )
 
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
-
-
-# What a checkpoint's training depends on: resuming with any of these changed would not continue that
-# training but start another one from its weights. Everything else (epochs, learning rates, logging,
-# evaluation, output, data.root, threads, precision) may change on resume.
-RESUME_IDENTITY = (
-    "data.dataset",
-    "data.limit",
-    "model",
-    "loss",
-    "train.seed",
-    "train.batch_size",
-    "train.d_steps",
-    "train.g_steps",
-    "train.d_forward",
-)
-
-
-# Under an identity section but without effect on training: the EMA's BatchNorm calibration only sets what
-# grids, evaluations and checkpoints read.
-NOT_IDENTITY = ("model.ema_bn_samples",)
-
-
-def resume_conflicts(saved: dict, current: dict) -> list[str]:
-    """'key: saved -> current' for every identity key that differs between two resolved configs. A key the
-    saved config lacks (written before the key existed) counts as its default, which keeps the old behaviour."""
-
-    def leaves(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            out.update(
-                leaves(v, key + ".") if isinstance(v, dict) and k in ("data", "model", "loss", "train") else {key: v}
-            )
-        return out
-
-    a, b = {**leaves(Config().to_dict()), **leaves(saved)}, leaves(current)
-    keys = [
-        k
-        for k in sorted(set(a) | set(b))
-        if any(k == i or k.startswith(i + ".") for i in RESUME_IDENTITY) and k not in NOT_IDENTITY
-    ]
-    return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]

@@ -24,7 +24,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -33,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class DataError(RuntimeError):
-    """The data cannot be prepared or read; the message says what to do."""
+from distgan.errors import DataError
+from distgan.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -154,22 +152,6 @@ def is_valid(path: Path, spec: FileSpec) -> bool:
     return path.is_file() and path.stat().st_size == spec.size and sha256(path) == spec.sha256
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def idx_bytes(array: np.ndarray) -> bytes:
     """Serialise a uint8 array in the IDX format (magic 0x0000080N, big-endian dims, raw bytes)."""
     if array.dtype != np.uint8:
@@ -199,7 +181,7 @@ def read_idx(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------- sources
 
 
-class SourceUnavailable(Exception):
+class SourceUnavailable(DataError):
     """This source cannot provide the data here; the next one is tried."""
 
 

@@ -7,6 +7,7 @@ N silent copies, or save weights that differ between ranks.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -15,19 +16,9 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch import Tensor, nn
 
+from distgan.errors import LaunchError, MainProcessFailed, RankMismatch
+
 T = TypeVar("T")
-
-
-class LaunchError(RuntimeError):
-    """The processes were started in a way that would not train what the user asked for."""
-
-
-class RankMismatch(RuntimeError):
-    """Ranks disagree about something that must be identical (weights, data shards)."""
-
-
-class MainProcessFailed(RuntimeError):
-    """Raised on the other ranks when work done by the main process alone failed."""
 
 
 def on_main(accelerator: Accelerator, fn: Callable[[], T]) -> T | None:
@@ -67,6 +58,13 @@ def check_world(accelerator: Accelerator) -> None:
             f"the launcher started {launched} processes but each one sees a world of {accelerator.num_processes} "
             f"({accelerator.distributed_type.value}): they would train {launched} separate copies. {MULTI_CPU_HINT}"
         )
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, for a launcher's rendezvous (``--main_process_port``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def check_shards(accelerator: Accelerator, idx: Tensor, n_images: int, step_images: int) -> dict:

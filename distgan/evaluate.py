@@ -29,9 +29,12 @@ import torch
 from safetensors.torch import load_file, save
 
 from distgan import data, metrics
+from distgan.dist import on_main
+from distgan.errors import DistganError, EvaluatorError
+from distgan.files import write_atomic
+from distgan.images import generate
 from distgan.models.classifier import Classifier
 from distgan.rng import stream_seed
-from distgan.sample import generate
 
 ARCH = "classifier-v1"  # bump when models/classifier.py changes: old caches then stop matching
 
@@ -54,10 +57,6 @@ RECIPES = {
     "fashion_mnist": Recipe(epochs=6),
     "synthetic": Recipe(epochs=4, batch_size=64),
 }
-
-
-class EvaluatorError(RuntimeError):
-    """The evaluator is missing or unusable; the message says what to do."""
 
 
 def identity(dataset: str, recipe: Recipe) -> dict:
@@ -146,7 +145,7 @@ def fit(dataset: str, root: str | Path, recipe: Recipe | None = None, log=print)
         "torch": torch.__version__,
     }
     tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
-    data.write_atomic(path, save(tensors, metadata={"info": json.dumps(info)}))
+    write_atomic(path, save(tensors, metadata={"info": json.dumps(info)}))
     log(f"evaluator {dataset}: test accuracy {100 * test_acc:.2f}% after {seconds:.0f} s; cached at {path}")
     return Evaluator(net, info, path)
 
@@ -207,7 +206,7 @@ def reference(evaluator: Evaluator, root: str | Path) -> Reference:
     features, _ = evaluator.run(x_test)
     features = features.cpu()
     mu, sigma = metrics.gaussian(features)
-    data.write_atomic(path, save({"features": features.contiguous(), "mu": mu, "sigma": sigma}))
+    write_atomic(path, save({"features": features.contiguous(), "mu": mu, "sigma": sigma}))
     return Reference(features, mu, sigma)
 
 
@@ -224,6 +223,25 @@ def floor(evaluator: Evaluator, root: str | Path, n: int = 10_000) -> dict:
 
 
 # --------------------------------------------------------------------------- generated samples
+
+
+def for_training(cfg, accelerator) -> tuple[Evaluator | None, Reference | None]:
+    """A run's evaluator (fitted once and cached by the main process; every rank scores its share of the
+    samples) and, on the main process, the real data's statistics. (None, None) for a run that never
+    evaluates. Collective."""
+    if not cfg.eval.every_epochs:
+        return None, None
+    dataset, root = cfg.data.dataset, cfg.data.root
+
+    def find_evaluator() -> None:
+        reference(load(dataset, root, fit_if_missing=True, log=accelerator.print), root)  # caches both
+
+    on_main(accelerator, find_evaluator)
+    with accelerator.local_main_process_first():  # several machines without a shared data.root
+        evaluator = load(dataset, root, fit_if_missing=True, log=accelerator.print)
+    evaluator.to(accelerator.device)
+    ref = reference(evaluator, root).to(accelerator.device) if accelerator.is_main_process else None
+    return evaluator, ref
 
 
 def eval_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
@@ -278,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv[1:])
         try:
             ev = fit(args.dataset, args.root) if args.force else load(args.dataset, args.root, fit_if_missing=True)
-        except (data.DataError, EvaluatorError) as e:
+        except DistganError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"evaluator {ev.path}: test accuracy {100 * ev.info['test_accuracy']:.2f}%")
@@ -301,7 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.num < args.k + 1:
         p.error(f"--num must be larger than --k ({args.k})")
-    from distgan import checkpoint, config
     from distgan.sample import load_generator
 
     try:
@@ -329,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             result = score_generator(G, cfg.model.z_dim, ev, ref, args.num, args.seed, args.k)
         else:
             result = score(ev, ref, images, args.k)
-    except (checkpoint.CheckpointError, config.ConfigError, data.DataError, EvaluatorError) as e:
+    except DistganError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_metrics(result))

@@ -1,9 +1,10 @@
-"""Image utilities: float [0, 1] -> uint8, grids, PNG files. One quantisation rule for everything."""
+"""Images of G: generated in eval mode and float32, quantised to uint8 by one rule, tiled into grids,
+saved as PNG. Grids, evaluations and the sample CLI all go through :func:`generate`, so they compute
+the same pixels."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import torch
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 from torch import Tensor
+
+from distgan.files import write_atomic
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -29,16 +32,23 @@ def grid(images: Tensor, rows: int = 8, pad: int = 2) -> Tensor:
     return F.pad(tiled, (0, pad, 0, pad))
 
 
+@torch.no_grad()
+def generate(G: torch.nn.Module, z: Tensor, batch: int = 1000) -> Tensor:
+    """uint8 (N, 28, 28) images of G for noise z, in batches, in eval mode and float32.
+
+    ``type(G).forward`` calls the class's forward, bypassing the autocast wrapper accelerate installs on
+    the instance under mixed precision: grids, evaluations and the sample CLI all compute the same images.
+    """
+    was = G.training
+    G.eval()
+    device = next(G.parameters()).device
+    out = torch.cat([to_uint8(type(G).forward(G, chunk.to(device))) for chunk in z.split(batch)])
+    G.train(was)
+    return out
+
+
 def save_png(picture: Tensor, path: str | Path) -> Path:
     """Write a uint8 (H, W) picture as a grayscale PNG, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(picture.numpy(), mode="L").save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buffer = io.BytesIO()
+    Image.fromarray(picture.numpy(), mode="L").save(buffer, format="PNG")
+    return write_atomic(path, buffer.getvalue())

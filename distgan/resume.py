@@ -1,18 +1,77 @@
-"""Resuming a run: which checkpoint to continue, and whether the config allows continuing it.
+"""What a checkpoint holds, and continuing a run from one.
+
+A checkpoint (written by :func:`snapshot` through ``distgan.checkpoint``, the file format) holds the
+resolved config, G, D and G's EMA, both optimizers, the fp16 scaler, every rank's RNG states and the
+run's :class:`Counters`. :func:`restore` puts all of it back, so a resumed run continues bitwise.
 
 ``--resume PATH`` takes a run folder (its ``latest`` checkpoint), or a checkpoint folder. ``--resume auto``
 continues ``output.dir/output.name`` when a name is given, else the newest run of this config and seed
 under ``output.dir`` whose training config matches; with nothing to continue, it starts a new run.
-A checkpoint whose data, model, loss, seed, batch size or D:G steps differ from the config is refused
-with the keys named: continuing it would be another experiment, not this one.
+A checkpoint whose data, model, loss, seed, batch size or D:G steps differ from the config (its
+:data:`RESUME_IDENTITY`) is refused with the keys named: continuing it would be another experiment.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from distgan import checkpoint, config
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch import Tensor, nn
+
+from distgan import __version__, checkpoint, config
+from distgan.dist import on_main, set_rng_states
+from distgan.errors import CheckpointError, ConfigError
+from distgan.rng import stream_seed
+from distgan.steps import EMA, GANSteps
+
+# What a checkpoint's training depends on: resuming with any of these changed would not continue that
+# training but start another one from its weights. Everything else (epochs, learning rates, logging,
+# evaluation, output, data.root, threads, precision) may change on resume.
+RESUME_IDENTITY = (
+    "data.dataset",
+    "data.limit",
+    "model",
+    "loss",
+    "train.seed",
+    "train.batch_size",
+    "train.d_steps",
+    "train.g_steps",
+    "train.d_forward",
+)
+
+# Under an identity section but without effect on training: the EMA's BatchNorm calibration only sets what
+# grids, evaluations and checkpoints read.
+NOT_IDENTITY = ("model.ema_bn_samples",)
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """'key: saved -> current' for every identity key that differs between two resolved configs. A key the
+    saved config lacks (written before the key existed) counts as its default, which keeps the old behaviour."""
+
+    def leaves(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(
+                leaves(v, key + ".") if isinstance(v, dict) and k in ("data", "model", "loss", "train") else {key: v}
+            )
+        return out
+
+    a, b = {**leaves(config.Config().to_dict()), **leaves(saved)}, leaves(current)
+    keys = [
+        k
+        for k in sorted(set(a) | set(b))
+        if any(k == i or k.startswith(i + ".") for i in RESUME_IDENTITY) and k not in NOT_IDENTITY
+    ]
+    return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]
+
+
+# --------------------------------------------------------------------------- which checkpoint to continue
 
 
 def _saved_config(folder: Path) -> dict | None:
@@ -27,7 +86,7 @@ def find(cfg: config.Config, spec: str) -> Path | None:
     if spec != "auto":
         folder = checkpoint.resolve(spec).parent.resolve()  # raises CheckpointError with what to pass instead
         if folder.parent.name != "checkpoints":
-            raise checkpoint.CheckpointError(
+            raise CheckpointError(
                 f"{folder} is not inside a run's checkpoints/ folder, so there is no run to continue; pass the run "
                 "folder (or a checkpoint folder inside it), or start a new run from these weights"
             )
@@ -43,16 +102,16 @@ def find(cfg: config.Config, spec: str) -> Path | None:
         if folder is None or not folder.is_dir():
             continue
         saved = _saved_config(folder)
-        if cfg.output.name or (saved is not None and not config.resume_conflicts(saved, cfg.to_dict())):
+        if cfg.output.name or (saved is not None and not resume_conflicts(saved, cfg.to_dict())):
             return folder  # a named run is checked (and refused loudly) by check()
     return None
 
 
 def check(saved: dict, cfg: config.Config, folder: Path) -> list[str]:
     """Raise when the checkpoint belongs to another experiment; return notes on allowed changes."""
-    conflicts = config.resume_conflicts(saved, cfg.to_dict())
+    conflicts = resume_conflicts(saved, cfg.to_dict())
     if conflicts:
-        raise config.ConfigError(
+        raise ConfigError(
             f"cannot resume {folder}: the config differs from the checkpoint's in what its training depends on:\n  "
             + "\n  ".join(conflicts)
             + "\nResume without --config (the checkpoint's own config is used), or start a new run with another "
@@ -67,3 +126,138 @@ def check(saved: dict, cfg: config.Config, folder: Path) -> list[str]:
                 "identical to an uninterrupted run"
             )
     return notes
+
+
+@dataclass
+class Restored:
+    """A checkpoint read back for an exact resume."""
+
+    folder: Path
+    model: dict[str, Tensor]
+    train: dict[str, Tensor]
+    saved: dict
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.parents[1]
+
+
+def locate(cfg: config.Config, accelerator: Accelerator, spec: str | None) -> Restored | None:
+    """The checkpoint to continue (decided by the main process for all ranks), read and checked against
+    ``cfg`` before anything is written; None: start a new run. Collective."""
+    if spec is None:
+        return None
+    found = on_main(accelerator, lambda: find(cfg, spec))  # a bad path stops every rank
+    target = [str(found) if found is not None else None]
+    broadcast_object_list(target)
+    if target[0] is None:
+        accelerator.print(f"resume auto: no run of {cfg.name} (seed {cfg.train.seed}) to continue; starting one")
+        return None
+    folder = Path(target[0])
+    model_t, train_t, saved = checkpoint.load_training_state(folder)
+    for note in check(saved["config"], cfg, folder):
+        accelerator.print(f"note: {note}")
+    return Restored(folder, model_t, train_t, saved)
+
+
+# --------------------------------------------------------------------------- what a checkpoint holds
+
+
+@dataclass
+class Counters:
+    """The run's progress as a checkpoint records it (besides the update counts in GANSteps / EMA)."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    best_fid: float | None = None
+    metrics_bytes: int | None = None
+    """Where metrics.jsonl stood at the save: a resume cuts it back there."""
+    wandb_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+@dataclass
+class Snapshot:
+    """One checkpoint's contents, ready for ``checkpoint.save``."""
+
+    tensors: dict[str, Tensor]
+    info: dict
+    train_tensors: dict[str, Tensor]
+
+
+def snapshot(
+    resolved: dict,
+    nets: dict[str, nn.Module],
+    gan: GANSteps,
+    counters: Counters,
+    epoch: int,
+    nimg: int,
+    rank_checksums: list[float] | None,
+    rng: dict[str, Tensor],
+) -> Snapshot:
+    """What a checkpoint of the run at ``counters.step`` holds (main process): the resolved config, the
+    networks, the update counts, optimizers and scaler of ``gan``, the counters, every rank's RNG states."""
+    ema, scaler, world = gan.ema, gan.accelerator.scaler, gan.accelerator.num_processes
+    state = {
+        "epoch": epoch,
+        "step": counters.step,
+        "nimg": nimg,
+        "d_updates": gan.d_updates,
+        "g_updates": gan.g_updates,
+        "ema_updates": ema.updates if ema else 0,
+        "skipped_fp16_steps": dict(gan.skipped),
+        "rank_checksums": rank_checksums,
+        "train_seconds": counters.train_seconds,
+        "best_fid": counters.best_fid,
+        "metrics_bytes": counters.metrics_bytes,
+        "wandb_id": counters.wandb_id,
+    }
+    tensors_g, meta_g = checkpoint.optimizer_state(gan.opt_g, "opt_g")
+    tensors_d, meta_d = checkpoint.optimizer_state(gan.opt_d, "opt_d")
+    extra = {
+        "opt_g": meta_g,
+        "opt_d": meta_d,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "world": world,
+    }
+    versions = {"distgan": __version__, "torch": torch.__version__}
+    info = {"config": resolved, "counters": state, "versions": versions, "train": extra}
+    return Snapshot(checkpoint.state_tensors(**nets), info, {**tensors_g, **tensors_d, **rng})
+
+
+def restore(
+    accelerator: Accelerator, restored: Restored, gan: GANSteps, ema: EMA | None, cfg: config.Config
+) -> Counters:
+    """Load a checkpoint's optimizers, EMA, scaler, counters and RNG states; return the run's counters."""
+    c, extra = restored.saved["counters"], restored.saved["train"]
+    checkpoint.load_optimizer(gan.opt_g, restored.train, extra["opt_g"], "opt_g")
+    checkpoint.load_optimizer(gan.opt_d, restored.train, extra["opt_d"], "opt_d")
+    for opt, net in ((gan.opt_g, "g"), (gan.opt_d, "d")):  # a resumed run may change learning rates: the config wins
+        for group in opt.param_groups:
+            group["lr"] = getattr(cfg.optim, net).lr
+    if ema is not None:
+        ema.model.load_state_dict(checkpoint.module_state(restored.model, "G_ema"))
+        ema.updates = c["ema_updates"]
+    if accelerator.scaler is not None and extra.get("scaler"):
+        accelerator.scaler.load_state_dict(extra["scaler"])
+    gan.d_updates, gan.g_updates, gan.skipped = c["d_updates"], c["g_updates"], dict(c["skipped_fp16_steps"])
+    if extra["world"] == accelerator.num_processes:
+        set_rng_states(accelerator, restored.train)
+    else:
+        torch.manual_seed(stream_seed(cfg.train.seed, "torch", accelerator.process_index, c["step"]))
+        accelerator.print(
+            f"note: {restored.folder} was saved by {extra['world']} processes, resumed on "
+            f"{accelerator.num_processes}: dropout draws are reseeded, so the continuation is not bitwise that "
+            "of the original world size"
+        )
+    accelerator.print(f"resuming {restored.folder} at step {c['step']} (epoch {c['epoch']})")
+    return Counters(**{k: c[k] for k in asdict(Counters())})
+
+
+def last_good(ckpt_dir: Path) -> str:
+    """The advice a non-finite stop gives: where the last good checkpoint is, and what to change."""
+    tag = checkpoint.read_pointer(ckpt_dir, "latest")
+    where = f"the last good checkpoint is {ckpt_dir / tag}" if tag else "no checkpoint was saved yet"
+    return (
+        f"Stopped on every rank; nothing non-finite was saved: {where}. Resume it with --resume and a lower "
+        "learning rate (optim.g.lr / optim.d.lr), or train in float32 (train.mixed_precision=no)."
+    )

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from distgan import checkpoint, config, images, models
+from distgan.errors import DistganError
 from distgan.rng import fixed_z, stream_seed
 
 
@@ -35,21 +36,6 @@ def load_generator(
     except RuntimeError as e:  # missing or mis-shaped tensors: not the G its own config describes
         raise checkpoint.CheckpointError(f"{path}: the weights do not fit {cfg.model.g} ({e})") from None
     return G.to(device).eval(), cfg
-
-
-@torch.no_grad()
-def generate(G: torch.nn.Module, z: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """uint8 (N, 28, 28) images of G for noise z, in batches, in eval mode and float32.
-
-    ``type(G).forward`` calls the class's forward, bypassing the autocast wrapper accelerate installs on
-    the instance under mixed precision: grids, evaluations and this CLI all compute the same images.
-    """
-    was = G.training
-    G.eval()
-    device = next(G.parameters()).device
-    out = torch.cat([images.to_uint8(type(G).forward(G, chunk.to(device))) for chunk in z.split(batch)])
-    G.train(was)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"a grid needs a multiple of 8 images, got --num {args.num}")
     try:
         G, cfg = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
-    except (checkpoint.CheckpointError, config.ConfigError) as e:
+    except DistganError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if cfg.train.threads:
@@ -84,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         gen = torch.Generator().manual_seed(stream_seed("sample", args.seed))
         z = torch.randn(args.num, cfg.model.z_dim, generator=gen)
-    imgs = generate(G, z)
+    imgs = images.generate(G, z)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         np.savez_compressed(out, images=imgs.numpy())

@@ -12,7 +12,9 @@ backward through accelerate (loss scaling, DDP all-reduce of D's gradients).
 G step: D frozen (requires_grad False) and its forward inside ``accelerator.no_sync(D)``: D's
 parameters get no gradient and DDP all-reduces nothing for D; only G's gradients are reduced.
 
-The D:G ratio is separate optimizer steps (no ``accumulate()``, whose one shared counter desyncs two
+One training step (:meth:`GANSteps.step`) is ``d_steps`` D updates, each on a fresh real batch with its own
+noise and label targets (smoothing, swapping on its schedule), then ``g_steps`` G updates; it returns the
+step's metrics by name (:data:`STEP_KEYS`), still on the device. The D:G ratio is separate optimizer steps (no ``accumulate()``, whose one shared counter desyncs two
 models). Under fp16 accelerate keeps ONE GradScaler for both optimizers and updates it at every step;
 skipped steps are counted and logged.
 
@@ -23,12 +25,97 @@ Gradient norms (after DDP's all-reduce, so equal on every rank) are measured onl
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
 from distgan import losses
+from distgan.rng import StepNoise, swap_rate
+
+D_KEYS = ("loss_d", "d_real", "d_fake", "grad_norm_d", "r1")
+G_KEYS = ("loss_g", "grad_norm_g")
+STEP_KEYS = ("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g", "r1")
+"""What one step reports: D's GAN loss (without R1), G's loss, mean D(real) and D(fake) as probabilities,
+the gradient norms (nan unless measured), the R1 penalty (nan on steps without one)."""
+FINITE_KEYS = ("loss_d", "loss_g", "d_real", "d_fake")
+"""The values a run stops on when they turn NaN or inf (norms and R1 are nan by design on some steps)."""
+
+
+class Metrics(Mapping[str, Tensor]):
+    """Named values kept on the device as one vector (one stack, no host sync): ``m["loss_d"]``.
+    ``m.values`` is the vector in ``m.names`` order; indexing it by position (``m[:4]``) reads that vector."""
+
+    def __init__(self, names: Sequence[str], values: Tensor):
+        if len(names) != len(values):
+            raise ValueError(f"{len(names)} names for {len(values)} values")
+        self.names, self.values = tuple(names), values
+
+    @classmethod
+    def stack(cls, named: Mapping[str, Tensor]) -> Metrics:
+        return cls(tuple(named), torch.stack(list(named.values())))
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            return self.values[self.names.index(key)]
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What a step does besides the update itself: the D:G ratio and the label targets' schedule."""
+
+    d_steps: int = 1
+    g_steps: int = 1
+    real_label: tuple[float, float] = (1.0, 1.0)
+    fake_label: tuple[float, float] = (0.0, 0.0)
+    swap_prob: float = 0.0
+    swap_schedule: str = "constant"
+    swap_until: float = 1.0
+    total_d_updates: int = 1
+    """D updates in the whole run: the swap schedule's "fraction of training" counts them."""
+
+    @classmethod
+    def from_config(cls, cfg, total_steps: int) -> StepPlan:
+        t, loss = cfg.train, cfg.loss
+        return cls(
+            t.d_steps,
+            t.g_steps,
+            loss.real_label,
+            loss.fake_label,
+            loss.swap_prob,
+            loss.swap_schedule,
+            loss.swap_until,
+            total_steps * t.d_steps,
+        )
+
+
+def couples_batch(module: nn.Module) -> bool:
+    """True when a sample's output depends on the rest of its batch (BatchNorm, minibatch std)."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) or getattr(m, "couples_batch", False) for m in module.modules()
+    )
+
+
+def make_adam(module: nn.Module, opt, fused: bool = True) -> torch.optim.Adam:
+    """Adam from an ``AdamConfig``, with the fused kernel (CPU and CUDA, torch >= 2.4): the per-tensor loop
+    costs a quarter of a small model's step on a CPU. Not under fp16: a fused Adam skips overflowing steps
+    inside its kernel, where accelerate cannot see (and we could not count) them."""
+    kwargs = {"lr": opt.lr, "betas": opt.betas, "weight_decay": opt.weight_decay}
+    if not fused:
+        return torch.optim.Adam(module.parameters(), foreach=True, **kwargs)
+    try:
+        return torch.optim.Adam(module.parameters(), fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # an older torch or an unsupported device
+        return torch.optim.Adam(module.parameters(), foreach=True, **kwargs)
 
 
 class GANSteps:
@@ -44,8 +131,12 @@ class GANSteps:
         separate_d_forward: bool = False,
         r1_gamma: float = 0.0,
         r1_every: int = 1,
+        noise: StepNoise | None = None,
+        plan: StepPlan | None = None,
     ):
+        """``noise`` and ``plan`` serve :meth:`step`; :meth:`d_step` and :meth:`g_step` take their inputs."""
         self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
+        self.noise, self.plan = noise, plan
         self.separate = separate_d_forward
         self.r1_gamma, self.r1_every = r1_gamma, r1_every
         self.d_updates = 0
@@ -56,9 +147,51 @@ class GANSteps:
         self.measure = False
         self._nan = torch.full((), float("nan"), device=accelerator.device)
 
-    def d_step(self, real: Tensor, z: Tensor, real_targets: Tensor, fake_targets: Tensor) -> tuple[Tensor, ...]:
-        """One D update. Returns detached [loss, mean D(real), mean D(fake), grad norm (nan unless measured),
-        R1 penalty (nan on steps without one)]; the loss is the GAN loss alone, without the penalty. With
+    @classmethod
+    def from_config(cls, accelerator: Accelerator, G: nn.Module, D: nn.Module, cfg, total_steps: int) -> GANSteps:
+        """The trainer's wiring for a ``Config``: raw G and D with their Adams, prepared by accelerate; the
+        EMA of G where configured; this rank's noise; the step plan of a ``total_steps`` run."""
+        # The EMA copy is made before prepare(): under mixed precision accelerate patches G's forward in place.
+        ema = EMA(G, cfg.model.ema_decay) if cfg.model.ema_decay else None
+        fused = accelerator.mixed_precision != "fp16"
+        opt_g, opt_d = make_adam(G, cfg.optim.g, fused), make_adam(D, cfg.optim.d, fused)
+        t, loss = cfg.train, cfg.loss
+        separate = t.d_forward == "separate" or (t.d_forward == "auto" and couples_batch(D))
+        G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+        if ema is not None:
+            ema.model.to(accelerator.device)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        noise = StepNoise(t.seed, cfg.model.z_dim, t.batch_size, world, rank, accelerator.device)
+        plan = StepPlan.from_config(cfg, total_steps)
+        gan = cls(accelerator, G, D, opt_g, opt_d, loss.d, loss.g, separate, loss.r1_gamma, loss.r1_every, noise, plan)
+        gan.ema = ema
+        return gan
+
+    def step(self, step: int, real: Callable[[int], Tensor], measure: bool = False) -> Metrics:
+        """Training step number ``step``: ``plan.d_steps`` D updates (the k-th on ``real(k)``), then
+        ``plan.g_steps`` G updates. Noise and targets are functions of (seed, update number), so a resumed
+        run draws what an uninterrupted one does. ``measure``: compute gradient norms (logging steps only).
+        Returns :data:`STEP_KEYS`, averaged over the step's updates, on the device."""
+        noise, plan = self.noise, self.plan
+        if noise is None or plan is None:
+            raise ValueError("GANSteps.step needs the noise and plan given to the constructor (or from_config)")
+        self.measure = measure
+        d_out = []
+        for k in range(plan.d_steps):
+            d_index = step * plan.d_steps + k
+            p_swap = swap_rate(plan.swap_prob, plan.swap_schedule, plan.swap_until, d_index / plan.total_d_updates)
+            z, real_t, fake_t = noise.d_step(d_index, plan.real_label, plan.fake_label, p_swap)
+            d_out.append(self.d_step(real(k), z, real_t, fake_t))
+        g_out = [self.g_step(noise.g_step(step * plan.g_steps + k)) for k in range(plan.g_steps)]
+        d_all, g_all = torch.stack([m.values for m in d_out]), torch.stack([m.values for m in g_out])
+        d_mean, g_mean = Metrics(D_KEYS, d_all.mean(0)), Metrics(G_KEYS, g_all.mean(0))
+        r1 = d_all[:, D_KEYS.index("r1")].nanmean()  # lazy R1: nan on the updates without it
+        named = {**{k: d_mean[k] for k in D_KEYS}, **{k: g_mean[k] for k in G_KEYS}, "r1": r1}
+        return Metrics.stack({k: named[k] for k in STEP_KEYS})
+
+    def d_step(self, real: Tensor, z: Tensor, real_targets: Tensor, fake_targets: Tensor) -> Metrics:
+        """One D update. Returns detached :data:`D_KEYS`: the loss, mean D(real), mean D(fake), grad norm (nan
+        unless measured), R1 penalty (nan on steps without one); the loss is the GAN loss alone, without the penalty. With
         ``r1_every`` k > 1 the penalty is applied on every k-th D update only, weighted k times (StyleGAN2's
         lazy regularisation: about the same regulariser for a fraction of the double backwards)."""
         with torch.no_grad():
@@ -97,10 +230,12 @@ class GANSteps:
         self.d_updates += 1
         self._count_skip("d", self.opt_d)
         with torch.no_grad():
-            return torch.stack([loss.detach(), real_mean, fake_logits.sigmoid().mean(), norm, r1.detach()])
+            values = [loss.detach(), real_mean, fake_logits.sigmoid().mean(), norm, r1.detach()]
+            return Metrics(D_KEYS, torch.stack(values))
 
-    def g_step(self, z: Tensor) -> Tensor:
-        """One G update through a frozen D. Returns detached [loss, grad norm (nan unless measured)]."""
+    def g_step(self, z: Tensor) -> Metrics:
+        """One G update through a frozen D. Returns detached :data:`G_KEYS`: the loss, the grad norm (nan
+        unless measured)."""
         self.D.requires_grad_(False)
         try:
             with self.accelerator.no_sync(self.D):
@@ -116,7 +251,7 @@ class GANSteps:
         self._count_skip("g", self.opt_g)
         if self.ema is not None:
             self.ema.update()
-        return torch.stack([loss.detach(), norm])
+        return Metrics(G_KEYS, torch.stack([loss.detach(), norm]))
 
     def _r1(self, real: Tensor, real_logits: Tensor) -> Tensor:
         """``losses.r1`` at this run's gamma, under fp16 at the scaler's current scale (read on the device)."""

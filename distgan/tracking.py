@@ -13,13 +13,16 @@ import math
 import netrc
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-STEP_KEYS = ("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g", "r1")
+from distgan.errors import NonFiniteError
+from distgan.files import write_atomic
+from distgan.steps import FINITE_KEYS, STEP_KEYS
 
 
 def scalars(row: dict, prefix: str) -> dict:
@@ -47,14 +50,6 @@ def wandb_configured() -> bool:
         return False
 
 
-class NonFiniteError(RuntimeError):
-    """A loss or a weight became NaN or infinite; every rank raises it at the same step."""
-
-    def __init__(self, what: str, step: int, advice: str = ""):
-        super().__init__(f"{what} became non-finite (NaN or inf) at step {step}" + (f". {advice}" if advice else ""))
-        self.what, self.step = what, step
-
-
 NETWORK_OF = {
     "loss_d": "D's loss",
     "loss_g": "G's loss",
@@ -70,8 +65,11 @@ class StepBuffer:
         self.values = torch.full((capacity, len(STEP_KEYS)), math.nan, device=device)
         self.steps: list[int] = []
 
-    def add(self, step: int, values: Tensor) -> None:
-        self.values[len(self.steps)] = values
+    def add(self, step: int, metrics: Mapping[str, Tensor]) -> None:
+        """One step's metrics, by name (:data:`distgan.steps.STEP_KEYS`; a missing one is an error)."""
+        names = getattr(metrics, "names", None)
+        row = metrics.values if names == STEP_KEYS else torch.stack([metrics[k] for k in STEP_KEYS])
+        self.values[len(self.steps)] = row
         self.steps.append(step)
 
     def full(self) -> bool:
@@ -83,10 +81,11 @@ class StepBuffer:
             return []
         n = len(self.steps)
         reduced = accelerator.reduce(self.values[:n].clone(), reduction="mean")
-        bad = ~torch.isfinite(reduced[:, :4])  # the same on every rank after the reduction: all stop together
+        checked = reduced[:, [STEP_KEYS.index(k) for k in FINITE_KEYS]]
+        bad = ~torch.isfinite(checked)  # the same on every rank after the reduction: all stop together
         if bad.any():
             row, col = bad.nonzero()[0].tolist()
-            raise NonFiniteError(NETWORK_OF[STEP_KEYS[col]], self.steps[row])
+            raise NonFiniteError(NETWORK_OF[FINITE_KEYS[col]], self.steps[row])
         values = reduced.tolist()
         rows = [
             {"step": s, **{k: (None if math.isnan(v) else v) for k, v in zip(STEP_KEYS, vals, strict=True)}}
@@ -95,6 +94,27 @@ class StepBuffer:
         self.values.fill_(math.nan)
         self.steps = []
         return rows
+
+
+def write_summary(
+    run_dir: Path, cfg, accelerator: Accelerator, step: int, step_images: int, seconds: float, start: int, params: dict
+) -> None:
+    """summary.json: the mark of a finished run (distgan.compare reuses only those)."""
+    nimg = step * step_images
+    summary = {
+        "name": cfg.name,
+        "steps": step,
+        "nimg": nimg,
+        "seconds": round(seconds, 3),
+        "img_per_s": round(nimg / max(seconds, 1e-9), 1),
+        "world": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "compile": cfg.train.compile,
+        **params,
+        "resumed_from_step": start or None,
+    }
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 class RunLog:

@@ -1,14 +1,64 @@
-"""Shared fixtures: the real MNIST (prepared once, offline-capable) and a tiny-run helper."""
+"""Shared fixtures: the real MNIST (prepared once, offline-capable), a tiny-run helper, and the one way the
+tests start a process (:func:`run`, with :func:`run_module` and :func:`launch` as its common shapes)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from distgan.dist import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO / "data"
+BIN = Path(sys.executable).parent  # this environment's console scripts: accelerate, torchrun
+
+
+def environment(extra: dict | None = None) -> dict:
+    """This process's environment with BIN first on PATH; ``extra`` adds keys (a None value removes one)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def run(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` as a user would, from the repository's root, output captured; never raises on failure."""
+    return subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env=environment(env),
+        timeout=timeout,
+    )
+
+
+def python(
+    module: str, *args: str, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m module args`` with this interpreter."""
+    return run([sys.executable, "-m", module, *args], env=env, timeout=timeout)
+
+
+def run_module(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m module args``, which must succeed."""
+    proc = python(module, *args, env=env)
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def launch(args: list[str], nproc: int = 2, extra_env: dict | None = None, timeout: int = 300):
+    """The user's command: launch/cpu_multi.sh ARGS (accelerate launch, N gloo ranks)."""
+    env = {"NPROC": nproc, "MASTER_PORT": free_port(), **(extra_env or {})}
+    return run([REPO / "launch" / "cpu_multi.sh", *args], env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

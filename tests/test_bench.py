@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
-from tests.test_train import run_module, train
+from tests.conftest import REPO, run_module
+from tests.test_train import train
 
 
 def rows(run, event=None):
@@ -74,36 +74,26 @@ def test_bench_measures_every_rival_and_writes_its_tables(mnist_root, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_step_loop_never_waits_for_the_gpu():
-    """Between metrics flushes a step (batch, noise, labels, D and G updates, EMA, the step buffer) issues
-    no host-device synchronisation: CUDA's sync debug mode turns any into an error."""
+    """Between metrics flushes a step (batch, noise, labels, D and G updates, the default's lazy R1, EMA, the
+    step buffer) issues no host-device synchronisation: CUDA's sync debug mode turns any into an error. It
+    drives the trainer's own step function, wired as the trainer wires it (GANSteps.from_config)."""
     from accelerate import Accelerator
 
     from distgan import config, models
     from distgan.batches import DeviceImages
-    from distgan.rng import StepNoise
-    from distgan.steps import EMA, GANSteps
+    from distgan.steps import GANSteps
     from distgan.tracking import StepBuffer
-    from distgan.train import make_adam
 
-    cfg = config.load(REPO / "configs/default.yaml")
+    cfg = config.load(REPO / "configs/default.yaml", ["train.batch_size=64"])
     accelerator = Accelerator(mixed_precision="bf16")
     G, D = models.build_pair(cfg.model)
-    opt_g, opt_d = make_adam(G, cfg.optim.g), make_adam(D, cfg.optim.d)
-    ema = EMA(G, 0.999)
-    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
-    ema.model.to(accelerator.device)
-    gan = GANSteps(accelerator, G, D, opt_g, opt_d, "bce", "bce")
-    gan.ema = ema
+    gan = GANSteps.from_config(accelerator, G, D, cfg, total_steps=16)
     images = DeviceImages(torch.randint(0, 256, (1024, 28, 28), dtype=torch.uint8), accelerator.device)
-    idx = torch.randperm(1024, device=accelerator.device).view(16, 64)
-    noise = StepNoise(0, cfg.model.z_dim, 64, 1, 0, accelerator.device)
+    idx = torch.randperm(1024, device=accelerator.device).view(16, 1, 64)  # (steps, d_steps, batch)
     buffer = StepBuffer(accelerator.device, 16)
 
     def step(s: int) -> None:
-        z, real_t, fake_t = noise.d_step(s, (0.9, 1.0), (0.0, 0.0))
-        d = gan.d_step(images.batch(idx[s]), z, real_t, fake_t)
-        g = gan.g_step(noise.g_step(s))
-        buffer.add(s, torch.stack([d[0], g[0], d[1], d[2], d[3], g[1], d[4]]))
+        buffer.add(s, gan.step(s, lambda k: images.batch(idx[s, k]), measure=False))
 
     step(0)  # first-call work (cuBLAS handles, allocator) may sync; the steady state may not
     torch.cuda.synchronize()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from distgan import compare
-from tests.conftest import REPO
-from tests.test_distributed import free_port
+from distgan.dist import free_port
+from tests.conftest import python
 
 SMALL = """
 name: {name}
@@ -40,28 +40,8 @@ def configs(tmp_path: Path) -> list[str]:
 
 
 def run_compare(paths: list[str], out: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distgan.compare",
-            *paths,
-            "--epochs",
-            "2",
-            "--seeds",
-            "0,1",
-            "--out",
-            str(out),
-            "--runs-dir",
-            str(runs),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        timeout=600,
-    )
+    args = [*paths, "--epochs", "2", "--seeds", "0,1", "--out", str(out), "--runs-dir", str(runs), *extra]
+    return python("distgan.compare", *args, timeout=600)
 
 
 def table(path: Path) -> list[dict]:
@@ -130,35 +110,13 @@ def test_stored_configs_match_where_the_plan_fixes_a_value():
 
 @pytest.mark.slow
 def test_compare_launches_its_runs_under_accelerate_as_the_readme_shows(tmp_path):
-    import os
-
     port = free_port()
     launcher = (
         f"env ACCELERATE_USE_CPU=1 {Path(sys.executable).parent / 'accelerate'} launch --config_file "
         f"launch/cpu_multi.yaml --num_processes 2 --main_process_port {port}"
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distgan.compare",
-            configs(tmp_path)[0],
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path / "r"),
-            "--runs-dir",
-            str(tmp_path / "runs"),
-            "--launcher",
-            launcher,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        timeout=600,
-        env=dict(os.environ),
-    )
+    args = [configs(tmp_path)[0], "--epochs", "1", "--out", str(tmp_path / "r"), "--runs-dir", str(tmp_path / "runs")]
+    proc = python("distgan.compare", *args, "--launcher", launcher, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((tmp_path / "runs").iterdir())
     assert '"world": 2' in (run / "summary.json").read_text()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from distgan import config
+from distgan.resume import resume_conflicts
+from tests.conftest import python
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -100,23 +100,13 @@ def test_roundtrip_through_plain_dict():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_dry_runs(path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "distgan.train", "--config", str(path), "--dry-run"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = python("distgan.train", "--config", str(path), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert config.from_dict(__import__("yaml").safe_load(proc.stdout)).name == path.stem
 
 
 def test_cli_reports_config_errors_without_traceback():
-    proc = subprocess.run(
-        [sys.executable, "-m", "distgan.train", "train.epoch=1", "--dry-run"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = python("distgan.train", "train.epoch=1", "--dry-run")
     assert proc.returncode == 2
     assert "Did you mean 'train.epochs'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -131,8 +121,8 @@ def test_resume_reads_keys_an_older_checkpoint_lacks_as_their_defaults():
         del old[section][key]
     current["loss"]["r1_gamma"] = config.LossConfig().r1_gamma
     current["loss"]["r1_every"] = config.LossConfig().r1_every
-    assert config.resume_conflicts(old, current) == []
+    assert resume_conflicts(old, current) == []
     current["model"]["ema_bn_samples"] = 0
-    assert config.resume_conflicts(old, current) == []
+    assert resume_conflicts(old, current) == []
     current["loss"]["r1_gamma"] = 5.0
-    assert config.resume_conflicts(old, current) == ["loss.r1_gamma: 0.0 in the checkpoint, 5.0 now"]
+    assert resume_conflicts(old, current) == ["loss.r1_gamma: 0.0 in the checkpoint, 5.0 now"]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from distgan import data
+from tests.conftest import python
 
 
 def synthetic_arrays(n_train: int = 50, n_test: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
@@ -248,16 +249,8 @@ def test_real_mirror_wheel_decodes_to_the_canonical_files(mnist_root, tmp_path):
 
 @pytest.mark.real_data
 def test_cli_second_run_is_fast(mnist_root):
-    import subprocess
-    import sys
-
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "distgan.data", "--dataset", "mnist", "--root", str(mnist_root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = python("distgan.data", "--dataset", "mnist", "--root", str(mnist_root))
     assert proc.returncode == 0, proc.stderr
     assert "verified" in proc.stdout
     # Not a timing assertion on the noisy machine: the CLI reports its own time, and it must not have fetched.

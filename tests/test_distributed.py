@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,36 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, tiny_overrides
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(args: list[str], nproc: int = 2, extra_env: dict | None = None, timeout: int = 300):
-    """The user's command: launch/cpu_multi.sh ARGS (accelerate launch, N gloo ranks)."""
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "NPROC": str(nproc),
-        "MASTER_PORT": str(free_port()),
-        **(extra_env or {}),
-    }
-    return subprocess.run(
-        [str(REPO / "launch" / "cpu_multi.sh"), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        env=env,
-        timeout=timeout,
-    )
-
+from distgan.dist import free_port
+from tests.conftest import BIN, launch, python, run, tiny_overrides
 
 # A config without BatchNorm or Dropout: its trajectory may depend on the world size only through float
 # reduction order.
@@ -96,13 +65,7 @@ def test_two_processes_shard_agree_and_write_once(mnist_root, tmp_path):
 @pytest.mark.real_data
 def test_world_size_invariance_1x64_vs_2x32(mnist_root, tmp_path):
     common = ["--config", "configs/default.yaml", *BN_FREE, "train.max_steps=20", "train.batch_size=64"]
-    one = subprocess.run(
-        [sys.executable, "-m", "distgan.train", *common, *tiny_overrides(tmp_path, "one")],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
+    one = python("distgan.train", *common, *tiny_overrides(tmp_path, "one"))
     assert one.returncode == 0, one.stderr[-3000:]
     two = launch([*common, *tiny_overrides(tmp_path, "two", **{"train.threads": 1})])
     assert two.returncode == 0, two.stderr[-3000:]
@@ -136,23 +99,7 @@ def test_evaluation_split_over_two_processes_equals_one_process_scoring_the_same
     assert proc.returncode == 0, proc.stderr[-3000:]
     during = [e for e in events(tmp_path / "ev") if e.get("event") == "eval"][-1]
     out = tmp_path / "after.json"
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distgan.evaluate",
-            "--checkpoint",
-            str(tmp_path / "ev"),
-            "--num",
-            "301",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
+    cli = python("distgan.evaluate", "--checkpoint", str(tmp_path / "ev"), "--num", "301", "--out", str(out))
     assert cli.returncode == 0, cli.stderr[-3000:]
     after = json.loads(out.read_text())
     assert during["samples"] == after["samples"] == 301
@@ -163,32 +110,12 @@ def test_evaluation_split_over_two_processes_equals_one_process_scoring_the_same
 
 def test_mis_launch_fails_fast_with_the_right_command(tmp_path):
     """torchrun x2 on a CPU-only machine without ACCELERATE_USE_CPU: two processes that think they are alone."""
-    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     if torch.cuda.is_available():
         pytest.skip("with GPUs this launch is a correct one")
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [
-            str(BIN / "torchrun"),
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "distgan.train",
-            "--config",
-            "configs/default.yaml",
-            *tiny_overrides(tmp_path, "bad"),
-            "train.max_steps=5",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        env=env,
-        timeout=120,
-    )
+    torchrun = [BIN / "torchrun", "--nproc_per_node", "2", "--master_port", free_port()]
+    args = ["-m", "distgan.train", "--config", "configs/default.yaml", *tiny_overrides(tmp_path, "bad")]
+    proc = run([*torchrun, *args, "train.max_steps=5"], env={"ACCELERATE_USE_CPU": None}, timeout=120)
     elapsed = time.perf_counter() - t0
     assert proc.returncode != 0
     assert "they would train 2 separate copies" in proc.stderr and "launch/cpu_multi.sh" in proc.stderr
@@ -211,14 +138,7 @@ def test_mis_launch_fails_fast_with_the_right_command(tmp_path):
 def test_gan_update_under_ddp(probe):
     """Each probe runs in 2 gloo processes forked by accelerate's debug_launcher, from a fresh interpreter:
     forking this pytest process after torch's OpenMP pool started can deadlock the children."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.ddp_probes", probe],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        timeout=180,
-    )
+    proc = python("tests.ddp_probes", probe, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"probe {probe}: ok" in proc.stdout
 

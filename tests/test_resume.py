@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from distgan import checkpoint
-from tests.conftest import REPO, tiny_overrides
-from tests.test_distributed import BIN, free_port
+from distgan.dist import free_port
+from tests.conftest import REPO, environment, tiny_overrides
+from tests.conftest import run as run_command
 from tests.test_train import train as run_training
 
 # MNIST subset, an MLP G with BatchNorm and Dropout (so RNG state matters), EMA, evaluation every 2 epochs:
@@ -42,25 +43,27 @@ def command(tmp_path: Path, name: str, nproc: int, *extra: str) -> tuple[list[st
         tmp_path, name, **{"eval.every_epochs": 2, **({"train.threads": 1} if nproc > 1 else {})}
     )
     if nproc == 1:
-        return [sys.executable, "-m", "distgan.train", *SETUP, *overrides, *extra], dict(os.environ)
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "NPROC": str(nproc),
-        "MASTER_PORT": str(free_port()),
-    }
+        return [sys.executable, "-m", "distgan.train", *SETUP, *overrides, *extra], {}
+    env = {"NPROC": nproc, "MASTER_PORT": free_port()}
     return [str(REPO / "launch" / "cpu_multi.sh"), *SETUP, *overrides, *extra], env
 
 
 def run(tmp_path: Path, name: str, nproc: int, *extra: str) -> subprocess.CompletedProcess:
     cmd, env = command(tmp_path, name, nproc, *extra)
-    return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, env=env, timeout=600)
+    return run_command(cmd, env=env, timeout=600)
 
 
 def start(tmp_path: Path, name: str, nproc: int, *extra: str) -> subprocess.Popen:
+    """The same command in the background, in its own session (so a test can kill it, group and all)."""
     cmd, env = command(tmp_path, name, nproc, *extra)
     return subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, start_new_session=True
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=environment(env),
+        start_new_session=True,
     )
 
 

@@ -1,5 +1,6 @@
-"""The GAN update's R1 penalty, pinned on a linear D where it has a closed form: grad_x (w.x + b) = w, so
-R1 = gamma / 2 * ||w||^2 and it adds gamma * w to D's weight gradient."""
+"""The GAN update: one whole step (the D:G ratio, noise and labels) with named metrics; the R1 penalty,
+pinned on a linear D where it has a closed form: grad_x (w.x + b) = w, so R1 = gamma / 2 * ||w||^2 and it
+adds gamma * w to D's weight gradient; the EMA's BatchNorm calibration."""
 
 from __future__ import annotations
 
@@ -125,3 +126,66 @@ def test_ema_calibration_keeps_dropout_off_and_draws_nothing_from_the_rng():
     same.calibrate(z, batch=512)
     for key, value in ema.model.state_dict().items():
         assert torch.equal(value, same.model.state_dict()[key]), key
+
+
+def test_a_step_is_d_steps_d_updates_then_g_steps_g_updates_and_reports_by_name():
+    """GANSteps.step against the same updates called by hand (noise and swapped, smoothed labels as the plan
+    draws them): the same weights bit for bit, and each metric the mean of its updates under its own name."""
+    from accelerate import Accelerator
+
+    from distgan import config
+    from distgan.rng import StepNoise, swap_rate
+    from distgan.steps import STEP_KEYS, StepPlan
+
+    accelerator = Accelerator(cpu=True)
+    cfg = config.load(None, ["train.d_steps=2", "train.g_steps=3", "train.batch_size=8", "loss.swap_prob=0.5"])
+    cfg = config.from_dict({**cfg.to_dict(), "model": {"g": "mlp_g", "d": "mlp_d", "z_dim": 8}})
+    reals = torch.rand(2, 8, 1, 28, 28)
+
+    def fresh():
+        torch.manual_seed(0)
+        G, D = models.build_pair(cfg.model)
+        return GANSteps.from_config(accelerator, G, D, cfg, total_steps=10)
+
+    a, b = fresh(), fresh()
+    got = a.step(3, lambda k: reals[k], measure=True)
+    assert tuple(got) == STEP_KEYS and got.values.shape == (len(STEP_KEYS),)
+
+    plan, noise = StepPlan.from_config(cfg, 10), StepNoise(0, 8, 8, 1, 0, "cpu")
+    assert plan == b.plan and plan.total_d_updates == 20
+    b.measure = True
+    d_out = []
+    for k in range(2):
+        index = 3 * 2 + k
+        swap = swap_rate(plan.swap_prob, plan.swap_schedule, plan.swap_until, index / 20)
+        d_out.append(b.d_step(reals[k], *noise.d_step(index, plan.real_label, plan.fake_label, swap)))
+    g_out = [b.g_step(noise.g_step(3 * 3 + k)) for k in range(3)]
+    for net in ("G", "D"):
+        for p, q in zip(getattr(a, net).parameters(), getattr(b, net).parameters(), strict=True):
+            assert torch.equal(p, q), net
+    assert (a.d_updates, a.g_updates) == (2, 3)
+    for key in ("loss_d", "d_real", "d_fake", "grad_norm_d"):
+        assert torch.equal(got[key], torch.stack([o[key] for o in d_out]).mean()), key
+    for key in ("loss_g", "grad_norm_g"):
+        assert torch.equal(got[key], torch.stack([o[key] for o in g_out]).mean()), key
+    assert got["r1"].isnan() and got["grad_norm_d"] > 0  # no R1 in this config; measured norms
+
+
+def test_the_step_buffer_files_metrics_by_name_and_names_what_turned_non_finite():
+    from accelerate import Accelerator
+
+    from distgan.errors import NonFiniteError
+    from distgan.steps import STEP_KEYS
+    from distgan.tracking import StepBuffer
+
+    accelerator = Accelerator(cpu=True)
+    buffer = StepBuffer(torch.device("cpu"), 2)
+    values = {k: torch.tensor(float(i)) for i, k in enumerate(STEP_KEYS)}
+    buffer.add(0, dict(reversed(values.items())))  # any order: the names decide the columns
+    (row,) = buffer.drain(accelerator)
+    assert row == {"step": 0, **{k: float(i) for i, k in enumerate(STEP_KEYS)}}
+    buffer.add(7, {**values, "d_fake": torch.tensor(float("inf")), "r1": torch.tensor(float("nan"))})
+    with pytest.raises(NonFiniteError, match="D's output on generated images became non-finite .* at step 7"):
+        buffer.drain(accelerator)
+    with pytest.raises(KeyError):
+        buffer.add(8, {k: v for k, v in values.items() if k != "loss_g"})

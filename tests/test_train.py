@@ -15,22 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests import wandb_reader
-from tests.conftest import REPO, tiny_overrides
-
-
-def run_module(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return proc
+from tests.conftest import REPO, run_module, tiny_overrides
 
 
 def train(tmp_path: Path, name: str, *extra: str, config: str = "configs/default.yaml") -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from distgan.config import ConfigError, _suggest
+from distgan.errors import ConfigError, suggest
 from distgan.models.conv import ConvDiscriminator, ConvGenerator, FCConvGenerator, FullyConvGenerator
 from distgan.models.mlp import MLPDiscriminator, MLPGenerator
 
@@ -98,7 +98,7 @@ def check_spec(kind: str, name: str, args: dict) -> Spec:
     registry = _REGISTRIES[kind]
     if name not in registry:
         raise ConfigError(
-            f"model.{kind}: unknown model '{name}'.{_suggest(name, registry)} Choose from: "
+            f"model.{kind}: unknown model '{name}'.{suggest(name, registry)} Choose from: "
             + "; ".join(f"{n} ({spec.doc})" for n, spec in registry.items())
         )
     spec = registry[name]
@@ -106,7 +106,7 @@ def check_spec(kind: str, name: str, args: dict) -> Spec:
     for key in args:
         if key not in params:
             raise ConfigError(
-                f"model.{kind}_args: '{key}' is not an argument of {name}.{_suggest(key, params)} "
+                f"model.{kind}_args: '{key}' is not an argument of {name}.{suggest(key, params)} "
                 f"Valid: {', '.join(params)}"
             )
     return spec

@@ -1,0 +1,160 @@
+"""The process a run trains in: accelerate, precision, compilation, threads, denormals, and the run folder.
+
+:class:`Runtime` starts accelerate for a config and puts the process back as it was on :meth:`close`
+(threads, denormals, TF32; the process group is destroyed, so gloo never aborts at exit). :meth:`resolve`
+checks what needs the accelerator to be known (launch, device, precision, compile) and returns the config
+as the run will record it: ``None`` settings resolved (threads, precision, compile), the caller's config
+untouched. :func:`make_run_dir` names and creates the run folder once every check has passed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import os
+import typing
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DynamoBackend, TorchDynamoPlugin, broadcast_object_list
+
+from distgan import checkpoint, config
+from distgan.dist import check_world, on_main
+from distgan.errors import ConfigError
+from distgan.files import write_atomic
+
+
+def resolve_threads(cfg: config.Config) -> int:
+    if cfg.train.threads is not None:
+        return cfg.train.threads
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // local)
+
+
+def dynamo_plugin(mode: str | None) -> TorchDynamoPlugin | None:
+    """train.compile as accelerate's plugin: None leaves accelerate's own setting (``--dynamo_backend``)."""
+    if mode is None:
+        return None
+    if mode == "no":
+        return TorchDynamoPlugin(backend="no")
+    return TorchDynamoPlugin(backend="inductor", mode=mode)
+
+
+class Runtime:
+    """accelerate for one run, plus the process-wide settings the run changes (undone by close())."""
+
+    def __init__(self, cfg: config.Config):
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            log_with="wandb" if cfg.output.tracker == "wandb" else None,
+            dynamo_plugin=dynamo_plugin(cfg.train.compile),
+        )
+        # accelerate turns TF32 on for compiled float32 runs on CUDA; a compiled run must compute what an eager one does
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        self._threads = torch.get_num_threads()
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def close(self) -> None:
+        torch.set_num_threads(self._threads)  # process-wide settings go back as they were (in-process callers)
+        torch.set_flush_denormal(False)
+        self.accelerator.end_training()  # also destroys the process group: no SIGABRT at exit under gloo
+
+    def resolve(self, cfg: config.Config) -> config.Config:
+        """Check the launch and the settings that depend on the device; fix this process's threads and
+        denormal mode; return a copy of ``cfg`` with threads, precision and compile mode as resolved."""
+        check_world(self.accelerator)
+        threads = resolve_threads(cfg)
+        torch.set_num_threads(threads)  # 1 vs 2 threads give different results on CPU: fix and record
+        torch.set_flush_denormal(cfg.train.flush_denormal)  # no effect on GPUs; a no-op where unsupported
+        train = dataclasses.replace(
+            cfg.train, threads=threads, mixed_precision=self.accelerator.mixed_precision, compile=self._compile_mode()
+        )
+        resolved = dataclasses.replace(copy.deepcopy(cfg), train=train)
+        self._check(resolved)
+        return resolved
+
+    def _compile_mode(self) -> str:
+        plugin = self.accelerator.state.dynamo_plugin
+        modes = typing.get_args(typing.get_args(typing.get_type_hints(config.TrainConfig)["compile"])[0])
+        if plugin.backend not in (DynamoBackend.NO, DynamoBackend.INDUCTOR) or (plugin.mode or "default") not in modes:
+            raise ConfigError(
+                f"accelerate asks for torch.compile backend {plugin.backend.value.lower()} with mode {plugin.mode!r}; "
+                f"distgan compiles with inductor in one of the modes {', '.join(modes)}: set train.compile instead"
+            )
+        return "no" if plugin.backend == DynamoBackend.NO else (plugin.mode or "default")
+
+    def _check(self, cfg: config.Config) -> None:
+        device = self.device.type
+        if cfg.train.compile == "reduce-overhead" and device != "cuda":
+            raise ConfigError(
+                "train.compile=reduce-overhead means CUDA graphs, which need a CUDA GPU; use train.compile=default "
+                "on a CPU"
+            )
+        if cfg.loss.r1_gamma and cfg.train.compile != "no":
+            raise ConfigError(
+                f"loss.r1_gamma={cfg.loss.r1_gamma} differentiates D's input gradient (a double backward), which "
+                f"torch.compile does not support (train.compile={cfg.train.compile}): set train.compile=no, or "
+                "loss.r1_gamma=0"
+            )
+        if cfg.train.mixed_precision == "fp16" and device == "cpu":
+            # accelerate accepts it but has no CPU fp16 autocast and no scaler: the run would be float32 in disguise.
+            raise ConfigError(
+                "mixed_precision=fp16 is not available on the CPU (accelerate would silently train in float32); "
+                "use train.mixed_precision=bf16 on a CPU, or fp16 on a GPU"
+            )
+        if cfg.train.batch_size % self.world:
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} (global) is not divisible by {self.world} processes; "
+                f"use a multiple of {self.world}"
+            )
+        if cfg.model.sync_bn and device != "cuda":
+            raise ConfigError(
+                "model.sync_bn=true needs CUDA GPUs (SyncBatchNorm has no CPU/gloo kernel); set model.sync_bn=false"
+            )
+
+
+def make_run_dir(cfg: config.Config, accelerator: Accelerator, resumed: Path | None = None, auto: bool = False) -> Path:
+    """The run folder, named on the main process and shared; created (never reused) by the main process,
+    except the folder of the run being resumed. ``auto`` (``--resume auto`` found no checkpoint): a named
+    folder left by an attempt that died before its first checkpoint is renamed aside, not reused.
+    ``cfg`` is written into it (atomically) as ``config.yaml``."""
+    name = [cfg.output.name or f"{cfg.name}-s{cfg.train.seed}-{dt.datetime.now():%Y%m%d-%H%M%S}"]
+    broadcast_object_list(name)
+    run_dir = resumed if resumed is not None else Path(cfg.output.dir) / name[0]
+
+    def create() -> None:
+        if resumed is None:
+            if auto and run_dir.exists() and checkpoint.read_pointer(run_dir / "checkpoints", "latest") is None:
+                aside = run_dir.with_name(f"{run_dir.name}.no-checkpoint-{dt.datetime.now():%Y%m%d-%H%M%S}")
+                run_dir.rename(aside)
+                accelerator.print(
+                    f"resume auto: {run_dir} never saved a checkpoint; moved it to {aside}, starting anew"
+                )
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise FileExistsError(
+                    f"{run_dir} already holds a run; choose another output.name (or remove that folder)"
+                )
+            try:
+                (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OSError(
+                    f"cannot create the run folder {run_dir} ({e}); set output.dir to a writable folder"
+                ) from None
+        write_atomic(run_dir / "config.yaml", config.dump_yaml(cfg))
+
+    on_main(accelerator, create)
+    return run_dir
