@@ -10,8 +10,9 @@ comparison, or adding a config to it, trains only what is new.
 Runs are launched as ``python -m distgan.train`` subprocesses, or under ``--launcher`` (for example
 ``"accelerate launch --config_file launch/cpu_multi.yaml --num_processes 2"``).
 
-``--out`` receives: ``report.md`` (the table, the pictures, the runs), ``table.csv`` (one row per config:
-mean and spread over seeds), ``runs.csv`` (one row per run), ``curves.png`` (FID and losses against
+``--out`` receives: ``report.md`` (the table, the pairs of configs, the pictures, the runs), ``table.csv``
+(one row per config: mean, sample std and 95% interval over seeds; ``distgan.stats``), ``runs.csv`` (one
+row per run), ``curves.png`` (FID and losses against
 epochs, one line per config), ``montage.png`` (rows = configs, columns = epochs, the same fixed z).
 Everything but the timing columns (``wall_s``, ``img_per_s``) is a pure function of the configs and seeds.
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from distgan import checkpoint, config
+from distgan import checkpoint, config, stats
 from distgan.errors import CompareError, DistganError
 
 TIMING = ("wall_s", "img_per_s")
@@ -189,14 +190,16 @@ def _stats(values: list) -> tuple[float | None, float | None]:
 
 
 def aggregate(entries: list[dict]) -> list[dict]:
-    """One row per config, in the order given: mean and spread (sample std) over its seeds."""
+    """One row per config, in the order given: mean, spread (sample std) and the half-width of the mean's
+    95% confidence interval (Student's t over seeds; ``distgan.stats``)."""
     table = []
     for name in dict.fromkeys(e["name"] for e in entries):
         mine = [e for e in entries if e["name"] == name]
         row = {"config": name, "seeds": " ".join(str(e["seed"]) for e in mine)}
         for key in METRICS:
-            mean, std = _stats([e["result"][key] for e in mine])
-            row[key], row[f"{key}_std"] = mean, std
+            values = [e["result"][key] for e in mine]
+            mean, std = _stats(values)
+            row[key], row[f"{key}_std"], row[f"{key}_ci95"] = mean, std, stats.ci95(values)[1]
         row["reached"] = f"{sum(e['result']['epochs_to_fid'] is not None for e in mine)}/{len(mine)}"
         table.append(row)
     return table
@@ -248,12 +251,35 @@ def markdown_table(table: list[dict], seeds: int, fid_threshold: float) -> str:
                 cell = _fmt(r[key], digits)
                 if key == "best_fid" and r["best_epoch"] is not None:
                     cell += f" ({_fmt(r['best_epoch'], 1)})"
-                if seeds > 1 and r[f"{key}_std"] is not None and key not in ("params_g", "params_d"):
-                    cell += f" ± {_fmt(r[f'{key}_std'], digits)}"
+                if seeds > 1 and r[f"{key}_ci95"] is not None and key not in ("params_g", "params_d"):
+                    cell += f" ± {_fmt(r[f'{key}_ci95'], digits)}"
                 if key == "epochs_to_fid" and seeds > 1:
                     cell += f" [{r['reached']}]"
                 cells.append(cell)
         lines.append(f"| {r['config']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+PAIRED = (("final FID", "final_fid", True), ("IS", "is", False))  # (title, key, lower is better)
+
+
+def pairs_table(entries: list[dict]) -> str:
+    """Every pair of configs on final FID and IS: how often A beats B over all (seed, seed) pairs, and whether
+    the seeds can tell them apart (disjoint 95% intervals)."""
+    names = list(dict.fromkeys(e["name"] for e in entries))
+    values = {n: {k: [e["result"][k] for e in entries if e["name"] == n] for _, k, _ in PAIRED} for n in names}
+    head = "| A | B | " + " | ".join(f"{t}: A beats B | {t}: verdict" for t, _, _ in PAIRED) + " |"
+    lines = [head, "|---" * (2 + 2 * len(PAIRED)) + "|"]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            cells = [a, b]
+            for _, key, lower in PAIRED:
+                rate = stats.win_rate(values[a][key], values[b][key], lower)
+                cells += [
+                    "-" if rate is None else f"{100 * rate:.0f}%",
+                    stats.verdict(values[a][key], values[b][key], (a, b), lower),
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -288,6 +314,7 @@ def plot_curves(entries: list[dict], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
+    fig.suptitle("lines: mean over seeds; bands: the seeds' range (min to max)", fontsize=9)
     axes[0].legend()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -346,10 +373,24 @@ def write_report(entries: list[dict], out: Path, args: argparse.Namespace) -> li
         "",
         f"{len(table)} configs x seeds {', '.join(map(str, args.seeds))}, {args.epochs} epochs each; "
         f"metrics from the last epoch's evaluation ({entries[0]['samples']} samples against the 10k test images, "
-        "in the features of distgan's evaluator). Mean ± sample std over seeds where there are several.",
+        "in the features of distgan's evaluator). With several seeds: mean ± the half-width of its 95% "
+        "confidence interval (Student's t over seeds; table.csv also holds the sample std).",
         "",
         markdown_table(table, len(args.seeds), args.fid_threshold),
         "",
+        *(
+            [
+                "## Pairs",
+                "",
+                "Over every (seed of A, seed of B) pair, how often A beats B (lower FID, higher IS; ties half), "
+                "and a verdict only where the 95% intervals are disjoint.",
+                "",
+                pairs_table(entries),
+                "",
+            ]
+            if len(table) > 1
+            else []
+        ),
         "![curves](curves.png)",
         "",
         "![montage](montage.png)",
