@@ -112,6 +112,12 @@ class TrainConfig:
     """joint: one D forward on cat(real, fake); separate: real and fake each through their own forward and
     backward, so a BatchNorm (or minibatch std) in D never mixes them; auto: separate exactly when D has
     such a batch-coupled layer."""
+    g_step_d_norm: Literal["batch", "running", "mixed"] = "batch"
+    """How D's BatchNorm layers normalise in the G step. batch: by the all-fake batch's own statistics (D in
+    train mode, the plain loop's choice), under which a change every fake shares is invisible to D and so
+    gets no gradient; running: by D's running statistics; mixed: D runs on the last D step's real batch and
+    the fakes together (loss on the fakes only), as the joint D step does. No effect on a D without
+    BatchNorm."""
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
     """None keeps accelerate's setting (``accelerate launch --mixed_precision``, default no)."""
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] | None = None

@@ -42,6 +42,7 @@ RESUME_IDENTITY = (
     "train.d_steps",
     "train.g_steps",
     "train.d_forward",
+    "train.g_step_d_norm",
 )
 
 # Under an identity section but without effect on training: the EMA's BatchNorm calibration only sets what

@@ -133,10 +133,19 @@ class GANSteps:
         r1_every: int = 1,
         noise: StepNoise | None = None,
         plan: StepPlan | None = None,
+        g_step_d_norm: str = "batch",
     ):
         """``noise`` and ``plan`` serve :meth:`step`; :meth:`d_step` and :meth:`g_step` take their inputs."""
         self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
         self.noise, self.plan = noise, plan
+        # "running": D's BatchNorm layers in eval mode during the G step (see TrainConfig.g_step_d_norm)
+        self._d_norms = (
+            [m for m in D.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            if g_step_d_norm == "running"
+            else []
+        )
+        self._mixed = g_step_d_norm == "mixed"
+        self._last_real: Tensor | None = None  # "mixed": the real batch the G step normalises its fakes with
         self.separate = separate_d_forward
         self.r1_gamma, self.r1_every = r1_gamma, r1_every
         self.d_updates = 0
@@ -163,7 +172,21 @@ class GANSteps:
         world, rank = accelerator.num_processes, accelerator.process_index
         noise = StepNoise(t.seed, cfg.model.z_dim, t.batch_size, world, rank, accelerator.device)
         plan = StepPlan.from_config(cfg, total_steps)
-        gan = cls(accelerator, G, D, opt_g, opt_d, loss.d, loss.g, separate, loss.r1_gamma, loss.r1_every, noise, plan)
+        gan = cls(
+            accelerator,
+            G,
+            D,
+            opt_g,
+            opt_d,
+            loss.d,
+            loss.g,
+            separate,
+            loss.r1_gamma,
+            loss.r1_every,
+            noise,
+            plan,
+            t.g_step_d_norm,
+        )
         gan.ema = ema
         return gan
 
@@ -200,6 +223,7 @@ class GANSteps:
         penalise = self.r1_gamma > 0 and self.d_updates % self.r1_every == 0
         if penalise:
             real = real.detach().requires_grad_(True)
+        self._last_real = real.detach()
         self.opt_d.zero_grad(set_to_none=True)
         if self.separate:
             # BatchNorm in D: real and fake get their own batch statistics, as in a plain loop. Each forward
@@ -237,14 +261,23 @@ class GANSteps:
         """One G update through a frozen D. Returns detached :data:`G_KEYS`: the loss, the grad norm (nan
         unless measured)."""
         self.D.requires_grad_(False)
+        for m in self._d_norms:
+            m.eval()
         try:
             with self.accelerator.no_sync(self.D):
-                fake_logits = self.D(self.G(z)).float()
+                fake = self.G(z)
+                if self._mixed and self._last_real is not None:
+                    real = self._last_real.to(fake.dtype)
+                    fake_logits = self.D(torch.cat([real, fake])).float()[len(real) :]
+                else:
+                    fake_logits = self.D(fake).float()
                 loss = losses.g_loss(self.loss_g, fake_logits)
                 self.opt_g.zero_grad(set_to_none=True)
                 self.accelerator.backward(loss)
         finally:
             self.D.requires_grad_(True)
+            for m in self._d_norms:
+                m.train()
         norm = self._grad_norm(self.G, self.opt_g)
         self.opt_g.step()
         self.g_updates += 1

@@ -189,3 +189,54 @@ def test_the_step_buffer_files_metrics_by_name_and_names_what_turned_non_finite(
         buffer.drain(accelerator)
     with pytest.raises(KeyError):
         buffer.add(8, {k: v for k, v in values.items() if k != "loss_g"})
+
+
+class AffineG(nn.Module):
+    """G(z) = A z + b as an image: b is what every sample shares (no sigmoid, so its gradient is exactly the
+    sum of the per-sample image gradients)."""
+
+    def __init__(self, z_dim: int = 8):
+        super().__init__()
+        self.lin = nn.Linear(z_dim, 28 * 28)
+
+    def forward(self, z):
+        return self.lin(z).view(-1, 1, 28, 28)
+
+
+@pytest.mark.parametrize("norm", ["batch", "running", "mixed"])
+def test_with_batchnorm_in_d_the_g_step_sees_what_every_fake_shares_only_beside_other_statistics(norm):
+    """D = Linear -> BatchNorm1d -> LeakyReLU -> Linear. Normalised by the all-fake batch's own statistics,
+    D's output does not change when every fake moves alike, so G's shared bias gets exactly no gradient (the
+    v5 pathology: G never leaves grey noise); by D's running statistics, or beside the last real batch
+    (mixed), it does. Every way leaves D's BatchNorm in train mode; running mode leaves its statistics alone."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    G = AffineG()
+    D = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    bn = D[2]
+    opt_g = torch.optim.SGD(G.parameters(), lr=0.0)
+    opt_d = torch.optim.SGD(D.parameters(), lr=0.0)
+    gan = GANSteps(Accelerator(cpu=True), G, _Squeeze(D), opt_g, opt_d, "bce", "bce", g_step_d_norm=norm)
+    gan.d_step(torch.rand(32, 1, 28, 28), torch.randn(32, 8), torch.ones(32), torch.zeros(32))
+    before = bn.running_mean.clone()
+    gan.g_step(torch.randn(32, 8))
+    shared = G.lin.bias.grad.abs().max().item()
+    per_sample = G.lin.weight.grad.abs().max().item()
+    assert per_sample > 1e-4
+    if norm == "batch":
+        assert shared < 1e-6 * per_sample + 1e-9, shared
+    else:
+        assert shared > 1e-3 * per_sample, shared
+    # train mode (batch, mixed): the G step's batch updated D's statistics; running mode reads them only
+    assert torch.equal(bn.running_mean, before) == (norm == "running")
+    assert bn.training
+
+
+class _Squeeze(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x).squeeze(1)
