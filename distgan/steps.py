@@ -14,8 +14,8 @@ parameters get no gradient and DDP all-reduces nothing for D; only G's gradients
 
 One training step (:meth:`GANSteps.step`) is ``d_steps`` D updates, each on a fresh real batch with its own
 noise and label targets (smoothing, swapping on its schedule), then ``g_steps`` G updates; it returns the
-step's metrics by name (:data:`STEP_KEYS`), still on the device. The D:G ratio is separate optimizer steps (no ``accumulate()``, whose one shared counter desyncs two
-models). Under fp16 accelerate keeps ONE GradScaler for both optimizers and updates it at every step;
+step's metrics by name (:data:`STEP_KEYS`), still on the device. The D:G ratio is separate optimizer steps
+(no ``accumulate()``, whose one shared counter desyncs two models). Under fp16 accelerate keeps ONE GradScaler for both optimizers and updates it at every step;
 skipped steps are counted and logged.
 
 Gradient norms (after DDP's all-reduce, so equal on every rank) are measured only on steps where
@@ -207,9 +207,8 @@ class GANSteps:
             d_out.append(self.d_step(real(k), z, real_t, fake_t))
         g_out = [self.g_step(noise.g_step(step * plan.g_steps + k)) for k in range(plan.g_steps)]
         d_all, g_all = torch.stack([m.values for m in d_out]), torch.stack([m.values for m in g_out])
-        d_mean, g_mean = Metrics(D_KEYS, d_all.mean(0)), Metrics(G_KEYS, g_all.mean(0))
-        r1 = d_all[:, D_KEYS.index("r1")].nanmean()  # lazy R1: nan on the updates without it
-        named = {**{k: d_mean[k] for k in D_KEYS}, **{k: g_mean[k] for k in G_KEYS}, "r1": r1}
+        named = {**dict(zip(D_KEYS, d_all.mean(0), strict=True)), **dict(zip(G_KEYS, g_all.mean(0), strict=True))}
+        named["r1"] = d_all[:, D_KEYS.index("r1")].nanmean()  # lazy R1: nan on the updates without it
         return Metrics.stack({k: named[k] for k in STEP_KEYS})
 
     def d_step(self, real: Tensor, z: Tensor, real_targets: Tensor, fake_targets: Tensor) -> Metrics:
@@ -223,7 +222,8 @@ class GANSteps:
         penalise = self.r1_gamma > 0 and self.d_updates % self.r1_every == 0
         if penalise:
             real = real.detach().requires_grad_(True)
-        self._last_real = real.detach()
+        if self._mixed:
+            self._last_real = real.detach()
         self.opt_d.zero_grad(set_to_none=True)
         if self.separate:
             # BatchNorm in D: real and fake get their own batch statistics, as in a plain loop. Each forward
