@@ -54,6 +54,8 @@ METRICS = (
     "params_d",
 )
 NAMING_KEYS = {("output", "name"), ("output", "dir"), ("output", "wandb_group")}  # where a run lives, not what it is
+EVAL_KEYS = ("epoch", "samples", "fid", "is", "classes_covered", "class_min", "class_max")  # kept per evaluation
+NOT_TRAINING = {"claim"}  # what the blog says of a config: read by the report, never by training
 
 
 # --------------------------------------------------------------------------- planning and training
@@ -63,6 +65,7 @@ def _identity(resolved: dict) -> dict:
     return {
         s: {k: v for k, v in sec.items() if (s, k) not in NAMING_KEYS} if isinstance(sec, dict) else sec
         for s, sec in resolved.items()
+        if s not in NOT_TRAINING
     }
 
 
@@ -80,10 +83,14 @@ def _stored_config(run: Path) -> dict | None:
         return None
 
 
-def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], runs_dir: Path, group: str) -> list[dict]:
-    """One entry per (config, seed): its overrides, run folder and whether a finished twin exists."""
+def plan(
+    configs: list[str], seeds: list[int], epochs: int | list[int], sets: list[str], runs_dir: Path, group: str
+) -> list[dict]:
+    """One entry per (config, seed): its overrides, run folder and whether a finished twin exists.
+    ``epochs``: one budget for every config, or one per config (``distgan.blog``: each version's own)."""
     out = []
-    for path in configs:
+    budgets = epochs if isinstance(epochs, list) else [epochs] * len(configs)
+    for path, epochs in zip(configs, budgets, strict=True):
         for seed in seeds:
             overrides = [
                 "eval.every_epochs=1",
@@ -112,6 +119,8 @@ def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], run
                     "config": path,
                     "name": cfg.name,
                     "seed": seed,
+                    "epochs": epochs,
+                    "claim": cfg.claim,
                     "run": run,
                     "reuse": reuse,
                     "overrides": [*overrides, f"output.name={name}", *(["--resume", str(run)] if resume else [])],
@@ -161,6 +170,7 @@ def read_run(run: Path, fid_threshold: float) -> dict:
     best = int(np.argmin(fids)) if fids else None
     reached = [r["epoch"] for r in evals if r["fid"] <= fid_threshold]
     return {
+        "evals": [{k: r.get(k) for k in EVAL_KEYS} for r in evals],
         "epochs": [r["epoch"] for r in evals],
         "fid": fids,
         "loss_epochs": [r["epoch"] for r in ends],
@@ -180,6 +190,15 @@ def read_run(run: Path, fid_threshold: float) -> dict:
         "params_g": summary.get("params_g"),
         "params_d": summary.get("params_d"),
     }
+
+
+def read_all(entries: list[dict], fid_threshold: float) -> None:
+    """Attach each finished run's ``result`` (read_run) and its evaluations' sample count to its entry."""
+    for e in entries:
+        e["result"] = read_run(e["run"], fid_threshold)
+        if e["result"]["final_fid"] is None:
+            raise CompareError(f"{e['run']} has no evaluation; was eval.every_epochs set to 0?")
+        e["samples"] = e["result"]["evals"][-1]["samples"]
 
 
 def _stats(values: list) -> tuple[float | None, float | None]:
@@ -324,7 +343,9 @@ def montage_epochs(epochs: int, n: int = 4) -> list[int]:
     return sorted({max(1, round(epochs * (i + 1) / n)) for i in range(n)})
 
 
-def plot_montage(entries: list[dict], columns: list[int], path: Path) -> None:
+def plot_montage(entries: list[dict], columns: list[int] | None, path: Path) -> None:
+    """Rows: each config's first seed; columns: ``columns`` epochs, or (None) four epochs spread over each
+    row's own budget, each cell then titled with its epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -332,22 +353,28 @@ def plot_montage(entries: list[dict], columns: list[int], path: Path) -> None:
     from PIL import Image
 
     firsts = list({e["name"]: e for e in reversed(entries)}.values())[::-1]  # each config's first seed
+    rows = [columns or montage_epochs(e["epochs"]) for e in firsts]
+    width = max(map(len, rows))
     fig, axes = plt.subplots(
         len(firsts),
-        len(columns),
-        figsize=(2.4 * len(columns), 2.5 * len(firsts)),
+        width,
+        figsize=(2.4 * width, 2.5 * len(firsts)),
         squeeze=False,
         constrained_layout=True,
     )
-    for i, e in enumerate(firsts):
-        for j, epoch in enumerate(columns):
+    for i, (e, epochs) in enumerate(zip(firsts, rows, strict=True)):
+        for j in range(width):
             ax = axes[i][j]
             ax.set_xticks([])
             ax.set_yticks([])
+            if j >= len(epochs):
+                ax.axis("off")
+                continue
+            epoch = epochs[j]
             png = e["run"] / "samples" / f"epoch-{epoch:03d}.png"
             if png.is_file():
                 ax.imshow(np.asarray(Image.open(png)), cmap="gray", vmin=0, vmax=255)
-            if i == 0:
+            if columns is None or i == 0:
                 ax.set_title(f"epoch {epoch}")
             if j == 0:
                 ax.set_ylabel(f"{e['name']} (seed {e['seed']})")
@@ -365,13 +392,16 @@ def write_report(entries: list[dict], out: Path, args: argparse.Namespace) -> li
     ]
     _write_csv(out / "runs.csv", per_run)
     plot_curves(entries, out / "curves.png")
-    columns = montage_epochs(args.epochs) if args.montage_epochs is None else args.montage_epochs
+    budgets = sorted({e["epochs"] for e in entries})
+    same = len(budgets) == 1
+    columns = args.montage_epochs or (montage_epochs(budgets[0]) if same else None)
     plot_montage(entries, columns, out / "montage.png")
     machine = f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     text = [
         f"# Comparison: {out.name}",
         "",
-        f"{len(table)} configs x seeds {', '.join(map(str, args.seeds))}, {args.epochs} epochs each; "
+        f"{len(table)} configs x seeds {', '.join(map(str, args.seeds))}, "
+        f"{f'{budgets[0]} epochs each' if same else 'each at its own budget'}; "
         f"metrics from the last epoch's evaluation ({entries[0]['samples']} samples against the 10k test images, "
         "in the features of distgan's evaluator). With several seeds: mean ± the half-width of its 95% "
         "confidence interval (Student's t over seeds; table.csv also holds the sample std).",
@@ -457,12 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.montage_epochs and not all(1 <= m <= args.epochs for m in args.montage_epochs):
             raise CompareError(f"--montage-epochs must lie in 1..{args.epochs}")
         train_all(entries, shlex.split(args.launcher))
-        for e in entries:
-            e["result"] = read_run(e["run"], args.fid_threshold)
-            evals = [json.loads(r) for r in (e["run"] / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]
-            e["samples"] = evals[-1]["samples"] if evals else 0
-            if e["result"]["final_fid"] is None:
-                raise CompareError(f"{e['run']} has no evaluation; was eval.every_epochs set to 0?")
+        read_all(entries, args.fid_threshold)
         table = write_report(entries, out, args)
     except DistganError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -166,6 +166,19 @@ class EvalConfig:
 
 
 @dataclass
+class ClaimConfig:
+    """What the blog says of this version: read by ``python -m distgan.blog``, never by training (a run's
+    identity, its name hash and resume checks leave it out). The budget is ``train.epochs``."""
+
+    text: str = ""
+    """The blog's claim in one line, e.g. "D's loss drops fast; G never learns"."""
+    expect: Literal["none", "digits", "fails", "degrades"] = "none"
+    """The checkable outcome: ``digits`` (at the budget IS >= 7 and every class >= 4% of the samples),
+    ``fails`` (IS below 3 at every evaluation), ``degrades`` (IS reaches 3, then ends at most 3/4 of its
+    best), ``none`` (the blog claims no outcome: measured, not judged)."""
+
+
+@dataclass
 class Config:
     name: str = "default"
     """The experiment's name (defaults to the config file's stem)."""
@@ -176,6 +189,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    claim: ClaimConfig = field(default_factory=ClaimConfig)
 
     def to_dict(self) -> dict:
         return to_plain(self)
