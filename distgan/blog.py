@@ -60,15 +60,16 @@ def outcome(expect: str, evals: list[dict]) -> bool | None:
     raise ValueError(f"unknown claim.expect {expect!r}")
 
 
-def verdict(expect: str, results: list[dict], trained: int, budget: int) -> str:
-    """'holds (k of n seeds)', 'does not hold (...)', 'split (...)', or why there is no verdict."""
+def verdict(expect: str, results: list[dict], budget: int, cut: str | None = None) -> str:
+    """'holds (k of n seeds)', 'does not hold (...)', 'split (...)', or why there is no verdict: ``cut`` says
+    how the runs fell short of the claim's budget (then only what was seen is reported)."""
     if expect == "none":
         return "no outcome claimed: measured only"
     seen = [outcome(expect, r["evals"]) for r in results]
     k, n = sum(bool(s) for s in seen), len(seen)
     counts = f"{k} of {n} seed{'s' if n > 1 else ''}"
-    if trained < budget:
-        return f"not checked: {trained} of its {budget} epochs trained (at {trained}: '{expect}' on {counts})"
+    if cut:
+        return f"not checked: {cut} of its {budget} epochs ('{expect}' seen on {counts})"
     if 2 * k > n:
         return f"holds ({counts})"
     if 2 * k < n:
@@ -107,13 +108,14 @@ def write(entries: list[dict], out: Path, args: argparse.Namespace, budgets: dic
     for name in dict.fromkeys(e["name"] for e in entries):
         mine = [e for e in entries if e["name"] == name]
         claim, trained, results = mine[0]["claim"], mine[0]["epochs"], [e["result"] for e in mine]
-        said = verdict(claim.expect, results, trained, budgets[name])
+        said = verdict(claim.expect, results, budgets[name], mine[0]["cut"])
         rows.append({"version": name, "claim": claim.text or "-", "expect": claim.expect, "verdict": said})
         sections += [
             f"### {name}",
             "",
             f"- The blog: {claim.text or '(no claim recorded)'} (checked as `{claim.expect}`)",
-            f"- Budget: {budgets[name]} epochs; trained {trained}, seeds {', '.join(str(e['seed']) for e in mine)}",
+            f"- Budget: {budgets[name]} epochs; trained {mine[0]['cut'] or trained}, "
+            f"seeds {', '.join(str(e['seed']) for e in mine)}",
             f"- Verdict: **{said}**",
             "",
             by_epoch(results),
@@ -144,6 +146,23 @@ def write(entries: list[dict], out: Path, args: argparse.Namespace, budgets: dic
     return rows
 
 
+def version_sets(sets: list[str], names: list[str]) -> dict[str, list[str]]:
+    """``KEY=VALUE`` applies to every version, ``NAME:KEY=VALUE`` to version NAME only (config keys hold no
+    ':'), e.g. ``v1:train.max_steps=6`` for the slowest one."""
+    own: dict[str, list[str]] = {n: [] for n in names}
+    for text in sets:
+        head, eq, _ = text.partition("=")
+        name, colon, key = head.partition(":")
+        if not eq or not colon:
+            for n in names:
+                own[n].append(text)
+        elif name in own:
+            own[name].append(text[len(name) + 1 :])
+        else:
+            raise CompareError(f"--set {text}: no version named {name!r} here; versions: {', '.join(names)}")
+    return own
+
+
 def default_configs(root: Path = Path("configs")) -> list[str]:
     return [str(root / f"{v}.yaml") for v in VERSIONS]
 
@@ -158,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--runs-dir", default="runs", help="where runs are made and looked up for reuse (default runs)")
     p.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="an override for every run"
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="[VERSION:]KEY=VALUE",
+        help="an override for every run, or with VERSION: for that version's runs only (repeatable)",
     )
     p.add_argument("--launcher", default=compare.shlex.quote(sys.executable), help="as in distgan.compare")
     args = p.parse_args(argv)
@@ -171,14 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.configs:
             if not Path(path).is_file():
                 raise CompareError(f"config file {path} does not exist; the shipped versions are in configs/")
-        budgets = {}
-        for path in args.configs:
-            cfg = config.load(path, args.sets)
-            budgets[cfg.name] = cfg.train.epochs
-        trained = [min(b, args.max_epochs or b) for b in budgets.values()]
-        entries = compare.plan(args.configs, args.seeds, trained, args.sets, Path(args.runs_dir), out.name)
+        budgets = {config.load(path).name: config.load(path).train.epochs for path in args.configs}
         if len(budgets) != len(args.configs):
             raise CompareError("two configs share a name; rename one (the report names versions by config name)")
+        own = version_sets(args.sets, list(budgets))
+        entries = []
+        for path, (name, budget) in zip(args.configs, budgets.items(), strict=True):
+            cfg = config.load(path, own[name])
+            epochs = min(cfg.train.epochs, args.max_epochs or cfg.train.epochs)
+            steps = cfg.train.max_steps
+            cut = f"{steps} steps" if steps is not None else None if epochs == budget else f"{epochs}"
+            for e in compare.plan([path], args.seeds, epochs, own[name], Path(args.runs_dir), out.name):
+                entries.append({**e, "cut": cut})
         compare.train_all(entries, compare.shlex.split(args.launcher))
         compare.read_all(entries, args.fid_threshold)
         rows = write(entries, out, args, budgets)

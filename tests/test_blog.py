@@ -34,14 +34,27 @@ def test_outcomes(expect, evals, holds):
     assert blog.outcome(expect, evals) is holds
 
 
-def test_verdict_counts_seeds_and_refuses_to_judge_a_capped_budget():
+def test_verdict_counts_seeds_and_refuses_to_judge_a_cut_budget():
     good, bad = {"evals": [ev(1, 8.0)]}, {"evals": [ev(1, 1.0)]}
-    assert blog.verdict("digits", [good, good, bad], 10, 10) == "holds (2 of 3 seeds)"
-    assert blog.verdict("digits", [good, bad, bad], 10, 10) == "does not hold (1 of 3 seeds)"
-    assert blog.verdict("digits", [good, bad], 10, 10) == "split (1 of 2 seeds)"
-    capped = blog.verdict("digits", [good, good], 2, 10)
+    assert blog.verdict("digits", [good, good, bad], 10) == "holds (2 of 3 seeds)"
+    assert blog.verdict("digits", [good, bad, bad], 10) == "does not hold (1 of 3 seeds)"
+    assert blog.verdict("digits", [good, bad], 10) == "split (1 of 2 seeds)"
+    capped = blog.verdict("digits", [good, good], 10, cut="2")
     assert capped.startswith("not checked: 2 of its 10 epochs") and "2 of 2 seeds" in capped
-    assert blog.verdict("none", [good], 10, 10).startswith("no outcome claimed")
+    assert blog.verdict("fails", [bad], 5, cut="6 steps").startswith("not checked: 6 steps of its 5 epochs")
+    assert blog.verdict("none", [good], 10).startswith("no outcome claimed")
+
+
+def test_version_sets_apply_to_every_version_or_to_one():
+    own = blog.version_sets(
+        ["eval.samples=500", "v1:train.max_steps=6", "v5:model.g_args={dropout: 0.0}"], ["v1", "v5"]
+    )
+    assert own == {
+        "v1": ["eval.samples=500", "train.max_steps=6"],
+        "v5": ["eval.samples=500", "model.g_args={dropout: 0.0}"],
+    }
+    with pytest.raises(blog.CompareError, match="no version named 'v9'"):
+        blog.version_sets(["v9:train.epochs=1"], ["v1", "v5"])
 
 
 def test_every_shipped_version_states_a_claim_and_a_budget():
