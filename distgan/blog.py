@@ -87,13 +87,14 @@ def _cell(values: list, digits: int) -> str:
 
 
 def by_epoch(results: list[dict]) -> str:
-    """Markdown: one row per evaluated epoch, mean ± 95% interval over seeds of FID, IS, classes, min share."""
-    epochs = sorted({e["epoch"] for r in results for e in r["evals"]})
-    lines = ["| epoch | FID | IS | classes | smallest class % |", "|---|---|---|---|---|"]
-    for epoch in epochs:
-        at = [e for r in results for e in r["evals"] if e["epoch"] == epoch]
+    """Markdown: one row per evaluation point (epoch, and the step: a run cut by max_steps is scored mid-epoch),
+    mean ± 95% interval over seeds of FID, IS, classes, the smallest class's share."""
+    points = sorted({(e["epoch"], e["step"]) for r in results for e in r["evals"]})
+    lines = ["| epoch (step) | FID | IS | classes | smallest class % |", "|---|---|---|---|---|"]
+    for epoch, step in points:
+        at = [e for r in results for e in r["evals"] if (e["epoch"], e["step"]) == (epoch, step)]
         lines.append(
-            f"| {epoch} | {_cell([e['fid'] for e in at], 1)} | {_cell([e['is'] for e in at], 2)} | "
+            f"| {epoch} ({step}) | {_cell([e['fid'] for e in at], 1)} | {_cell([e['is'] for e in at], 2)} | "
             f"{_cell([e['classes_covered'] for e in at], 1)} | "
             f"{_cell([100 * e['class_min'] for e in at if e['class_min'] is not None], 1)} |"
         )

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -54,7 +55,16 @@ METRICS = (
     "params_d",
 )
 NAMING_KEYS = {("output", "name"), ("output", "dir"), ("output", "wandb_group")}  # where a run lives, not what it is
-EVAL_KEYS = ("epoch", "samples", "fid", "is", "classes_covered", "class_min", "class_max")  # kept per evaluation
+EVAL_KEYS = (
+    "epoch",
+    "step",
+    "samples",
+    "fid",
+    "is",
+    "classes_covered",
+    "class_min",
+    "class_max",
+)  # kept per evaluation
 NOT_TRAINING = {"claim"}  # what the blog says of a config: read by the report, never by training
 
 
@@ -343,9 +353,17 @@ def montage_epochs(epochs: int, n: int = 4) -> list[int]:
     return sorted({max(1, round(epochs * (i + 1) / n)) for i in range(n)})
 
 
+def saved_grids(run: Path, n: int = 4) -> list[str]:
+    """Up to n of a run's sample grids (file stems, oldest to newest), spread evenly, the last one included."""
+    stems = sorted(p.stem for p in (run / "samples").glob("*.png"))
+    if len(stems) <= n:
+        return stems
+    return [stems[round(i * (len(stems) - 1) / (n - 1))] for i in range(n)]
+
+
 def plot_montage(entries: list[dict], columns: list[int] | None, path: Path) -> None:
-    """Rows: each config's first seed; columns: ``columns`` epochs, or (None) four epochs spread over each
-    row's own budget, each cell then titled with its epoch."""
+    """Rows: each config's first seed; columns: ``columns`` epochs, or (None) up to four of each row's own
+    saved grids (``saved_grids``), each cell then titled with its own name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -353,7 +371,7 @@ def plot_montage(entries: list[dict], columns: list[int] | None, path: Path) -> 
     from PIL import Image
 
     firsts = list({e["name"]: e for e in reversed(entries)}.values())[::-1]  # each config's first seed
-    rows = [columns or montage_epochs(e["epochs"]) for e in firsts]
+    rows = [[f"epoch-{c:03d}" for c in columns] if columns else saved_grids(e["run"]) for e in firsts]
     width = max(map(len, rows))
     fig, axes = plt.subplots(
         len(firsts),
@@ -370,12 +388,11 @@ def plot_montage(entries: list[dict], columns: list[int] | None, path: Path) -> 
             if j >= len(epochs):
                 ax.axis("off")
                 continue
-            epoch = epochs[j]
-            png = e["run"] / "samples" / f"epoch-{epoch:03d}.png"
+            png = e["run"] / "samples" / f"{epochs[j]}.png"
             if png.is_file():
                 ax.imshow(np.asarray(Image.open(png)), cmap="gray", vmin=0, vmax=255)
             if columns is None or i == 0:
-                ax.set_title(f"epoch {epoch}")
+                ax.set_title(re.sub(r"-0*(?=\d)", " ", epochs[j]))  # epoch-004 -> epoch 4
             if j == 0:
                 ax.set_ylabel(f"{e['name']} (seed {e['seed']})")
     fig.savefig(path, dpi=100)

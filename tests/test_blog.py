@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def ev(epoch: int, is_: float, class_min: float = 0.05) -> dict:
-    return {"epoch": epoch, "is": is_, "class_min": class_min, "fid": 10.0, "classes_covered": 10}
+    return {"epoch": epoch, "step": 100 * epoch, "is": is_, "class_min": class_min, "fid": 10.0, "classes_covered": 10}
 
 
 @pytest.mark.parametrize(
