@@ -176,16 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out", default="reports/blog", help="report folder (default reports/blog; its name is the W&B group)"
     )
-    p.add_argument("--runs-dir", default="runs", help="where runs are made and looked up for reuse (default runs)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="[VERSION:]KEY=VALUE",
-        help="an override for every run, or with VERSION: for that version's runs only (repeatable)",
+    compare.add_run_arguments(
+        p,
+        "[VERSION:]KEY=VALUE",
+        "an override for every run, or with VERSION: for that version's runs only (repeatable)",
     )
-    p.add_argument("--launcher", default=compare.shlex.quote(sys.executable), help="as in distgan.compare")
     args = p.parse_args(argv)
     args.configs = args.configs or default_configs()
     args.fid_threshold = 20.0

@@ -466,28 +466,26 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def add_run_arguments(p: argparse.ArgumentParser, set_metavar: str, set_help: str) -> None:
+    """--runs-dir, --set and --launcher: how runs are made, shared with ``distgan.blog``."""
+    p.add_argument("--runs-dir", default="runs", help="where runs are made and looked up for reuse (default runs)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar=set_metavar, help=set_help)
+    p.add_argument(
+        "--launcher",
+        default=shlex.quote(sys.executable),
+        help="command that runs `-m distgan.train ...`, e.g. 'accelerate launch --num_processes 2'",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="+", help="config YAML files, in the order the report lists them")
     p.add_argument("--epochs", type=int, required=True, help="epochs for every run")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--out", required=True, help="report folder, e.g. reports/blog; its name is the W&B group")
-    p.add_argument("--runs-dir", default="runs", help="where runs are made and looked up for reuse (default runs)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override for every run, e.g. --set eval.samples=5000 (repeatable)",
-    )
+    add_run_arguments(p, "KEY=VALUE", "an override for every run, e.g. --set eval.samples=5000 (repeatable)")
     p.add_argument("--fid-threshold", type=float, default=20.0, help="the table's 'epochs to reach FID' threshold")
     p.add_argument("--montage-epochs", type=_int_list, help="montage columns (default: 4 evenly spaced epochs)")
-    p.add_argument(
-        "--launcher",
-        default=shlex.quote(sys.executable),
-        help="command that runs `-m distgan.train ...`, e.g. 'accelerate launch --num_processes 2'",
-    )
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")

@@ -8,6 +8,7 @@ import pytest
 
 from distgan import blog, compare, config
 from tests.conftest import python
+from tests.test_compare import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,21 +77,13 @@ def test_a_claim_is_not_part_of_a_runs_identity():
     assert compare._identity(a) != compare._identity(c)
 
 
-TINY = """
-name: {name}
-data: {{dataset: synthetic}}
-model:
-  g: mlp_g
-  d: mlp_d
-  z_dim: 16
-  g_args: {{hidden: [32], batchnorm: false}}
-  d_args: {{hidden: [64]}}
-optim: {{g: {{lr: {lr}}}, d: {{lr: {lr}}}}}
-train: {{batch_size: 32, threads: 1, log_every: 8, epochs: {epochs}}}
-output: {{tracker: none}}
-eval: {{samples: 300}}
-claim: {{text: "{text}", expect: {expect}}}
-"""
+def tiny(name: str, lr: float, epochs: int, text: str, expect: str) -> str:
+    """test_compare's small synthetic config, with its own learning rate, budget and claim."""
+    base = SMALL.format(name=name, width=32).replace("lr: 1.0e-3", f"lr: {lr}")
+    return (
+        base.replace("log_every: 8}", f"log_every: 8, epochs: {epochs}}}")
+        + f'claim: {{text: "{text}", expect: {expect}}}\n'
+    )
 
 
 @pytest.mark.slow
@@ -101,7 +94,7 @@ def test_make_blog_machinery_end_to_end_on_tiny_budgets(tmp_path):
     paths = []
     for name, lr, epochs, text, expect in specs:
         path = tmp_path / f"{name}.yaml"
-        path.write_text(TINY.format(name=name, lr=lr, epochs=epochs, text=text, expect=expect))
+        path.write_text(tiny(name, lr, epochs, text, expect))
         paths.append(str(path))
     args = [*paths, "--seeds", "0,1", "--out", str(tmp_path / "report"), "--runs-dir", str(tmp_path / "runs")]
     first = python("distgan.blog", *args, timeout=600)
