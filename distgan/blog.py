@@ -103,7 +103,6 @@ def by_epoch(results: list[dict]) -> str:
 
 def write(entries: list[dict], out: Path, args: argparse.Namespace, budgets: dict[str, int]) -> list[dict]:
     """REPORT.md plus compare's tables and pictures; returns the summary rows (one per version)."""
-    args.montage_epochs = None
     compare.write_report(entries, out, args)
     rows, sections = [], []
     for name in dict.fromkeys(e["name"] for e in entries):
@@ -181,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         "[VERSION:]KEY=VALUE",
         "an override for every run, or with VERSION: for that version's runs only (repeatable)",
     )
+    p.set_defaults(fid_threshold=20.0, montage_epochs=None)  # what compare's report reads
     args = p.parse_args(argv)
     args.configs = args.configs or default_configs()
-    args.fid_threshold = 20.0
     if args.max_epochs is not None and args.max_epochs < 1:
         p.error("--max-epochs must be >= 1")
     out = Path(args.out)
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.configs:
             if not Path(path).is_file():
                 raise CompareError(f"config file {path} does not exist; the shipped versions are in configs/")
-        budgets = {config.load(path).name: config.load(path).train.epochs for path in args.configs}
+        budgets = {c.name: c.train.epochs for c in map(config.load, args.configs)}  # the files', no overrides
         if len(budgets) != len(args.configs):
             raise CompareError("two configs share a name; rename one (the report names versions by config name)")
         own = version_sets(args.sets, list(budgets))
@@ -199,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         for path, (name, budget) in zip(args.configs, budgets.items(), strict=True):
             cfg = config.load(path, own[name])
             epochs = min(cfg.train.epochs, args.max_epochs or cfg.train.epochs)
-            steps = cfg.train.max_steps
-            cut = f"{steps} steps" if steps is not None else None if epochs == budget else f"{epochs}"
+            cut = None  # how the runs fall short of the claim's budget, if they do
+            if cfg.train.max_steps is not None:
+                cut = f"{cfg.train.max_steps} steps"
+            elif epochs != budget:
+                cut = str(epochs)
             for e in compare.plan([path], args.seeds, epochs, own[name], Path(args.runs_dir), out.name):
                 entries.append({**e, "cut": cut})
         compare.train_all(entries, compare.shlex.split(args.launcher))

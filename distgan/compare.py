@@ -93,14 +93,10 @@ def _stored_config(run: Path) -> dict | None:
         return None
 
 
-def plan(
-    configs: list[str], seeds: list[int], epochs: int | list[int], sets: list[str], runs_dir: Path, group: str
-) -> list[dict]:
-    """One entry per (config, seed): its overrides, run folder and whether a finished twin exists.
-    ``epochs``: one budget for every config, or one per config (``distgan.blog``: each version's own)."""
+def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], runs_dir: Path, group: str) -> list[dict]:
+    """One entry per (config, seed): its overrides, run folder and whether a finished twin exists."""
     out = []
-    budgets = epochs if isinstance(epochs, list) else [epochs] * len(configs)
-    for path, epochs in zip(configs, budgets, strict=True):
+    for path in configs:
         for seed in seeds:
             overrides = [
                 "eval.every_epochs=1",
