@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(budgets) != len(args.configs):
             raise CompareError("two configs share a name; rename one (the report names versions by config name)")
         own = version_sets(args.sets, list(budgets))
+        launcher = compare.shlex.split(args.launcher)
+        world = 1 if args.launcher == compare.DEFAULT_LAUNCHER else compare.launcher_world(launcher)
         entries = []
         for path, (name, budget) in zip(args.configs, budgets.items(), strict=True):
             cfg = config.load(path, own[name])
@@ -203,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                 cut = f"{cfg.train.max_steps} steps"
             elif epochs != budget:
                 cut = str(epochs)
-            for e in compare.plan([path], args.seeds, epochs, own[name], Path(args.runs_dir), out.name):
+            for e in compare.plan([path], args.seeds, epochs, own[name], Path(args.runs_dir), out.name, world):
                 entries.append({**e, "cut": cut})
-        compare.train_all(entries, compare.shlex.split(args.launcher))
+        compare.train_all(entries, launcher)
         compare.read_all(entries, args.fid_threshold)
         rows = write(entries, out, args, budgets)
     except DistganError as err:

@@ -93,8 +93,27 @@ def _stored_config(run: Path) -> dict | None:
         return None
 
 
-def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], runs_dir: Path, group: str) -> list[dict]:
-    """One entry per (config, seed): its overrides, run folder and whether a finished twin exists."""
+def launcher_world(launcher: list[str]) -> int:
+    """How many processes ``launcher`` starts, asked of the launcher itself (``-m distgan.dist`` prints the
+    world its processes form): a few seconds, once per comparison."""
+    cmd = [*launcher, "-m", "distgan.dist"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise CompareError(f"cannot run {cmd[0]!r} ({err}); check --launcher") from None
+    found = re.findall(r"^distgan world (\d+)$", proc.stdout, re.MULTILINE)
+    if proc.returncode or len(found) != 1:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise CompareError(f"--launcher {shlex.join(launcher)!r} did not start a working distgan: {' / '.join(tail)}")
+    return int(found[0])
+
+
+def plan(
+    configs: list[str], seeds: list[int], epochs: int, sets: list[str], runs_dir: Path, group: str, world: int = 1
+) -> list[dict]:
+    """One entry per (config, seed): its overrides, run folder and whether a finished twin exists. ``world``
+    (the launcher's process count) is part of a run's identity: a 2-process comparison never reuses
+    1-process runs."""
     out = []
     for path in configs:
         for seed in seeds:
@@ -109,7 +128,7 @@ def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], run
             cfg = config.load(path, overrides)
             ident = _identity(cfg.to_dict())
             digest = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=4).hexdigest()
-            name = f"{cfg.name}-s{seed}-e{epochs}-{digest}"
+            name = f"{cfg.name}-s{seed}-e{epochs}-{digest}" + (f"-w{world}" if world > 1 else "")
             run = runs_dir / name
             reuse = resume = False
             if run.exists():
@@ -117,6 +136,8 @@ def plan(configs: list[str], seeds: list[int], epochs: int, sets: list[str], run
                 if stored is not None and not _matches(ident, _identity(stored)):
                     raise CompareError(f"{run} holds a run of another config; delete it and compare again")
                 reuse = (run / "summary.json").is_file()
+                if reuse and json.loads((run / "summary.json").read_text()).get("world", 1) != world:
+                    raise CompareError(f"{run} was trained by another number of processes; delete it and compare again")
                 resume = not reuse and checkpoint.read_pointer(run / "checkpoints", "latest") is not None
                 if not reuse and not resume:
                     raise CompareError(f"{run} holds a run that never saved a checkpoint; delete it and compare again")
@@ -462,13 +483,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+DEFAULT_LAUNCHER = shlex.quote(sys.executable)
+
+
 def add_run_arguments(p: argparse.ArgumentParser, set_metavar: str, set_help: str) -> None:
     """--runs-dir, --set and --launcher: how runs are made, shared with ``distgan.blog``."""
     p.add_argument("--runs-dir", default="runs", help="where runs are made and looked up for reuse (default runs)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar=set_metavar, help=set_help)
     p.add_argument(
         "--launcher",
-        default=shlex.quote(sys.executable),
+        default=DEFAULT_LAUNCHER,
         help="command that runs `-m distgan.train ...`, e.g. 'accelerate launch --num_processes 2'",
     )
 
@@ -492,12 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.configs:
             if not Path(path).is_file():
                 raise CompareError(f"config file {path} does not exist; the shipped ones are in configs/")
-        entries = plan(args.configs, args.seeds, args.epochs, args.sets, Path(args.runs_dir), out.name)
-        if len({e["name"] for e in entries}) != len(args.configs):
-            raise CompareError("two configs share a name; rename one (the report names rows by config name)")
         if args.montage_epochs and not all(1 <= m <= args.epochs for m in args.montage_epochs):
             raise CompareError(f"--montage-epochs must lie in 1..{args.epochs}")
-        train_all(entries, shlex.split(args.launcher))
+        launcher = shlex.split(args.launcher)
+        world = 1 if args.launcher == DEFAULT_LAUNCHER else launcher_world(launcher)
+        entries = plan(args.configs, args.seeds, args.epochs, args.sets, Path(args.runs_dir), out.name, world)
+        if len({e["name"] for e in entries}) != len(args.configs):
+            raise CompareError("two configs share a name; rename one (the report names rows by config name)")
+        train_all(entries, launcher)
         read_all(entries, args.fid_threshold)
         table = write_report(entries, out, args)
     except DistganError as err:

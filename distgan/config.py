@@ -55,8 +55,11 @@ class ModelConfig:
     """With an EMA of a G that has BatchNorm: before the EMA model is used (grids, evaluations, checkpoints)
     its BatchNorm statistics are recomputed from this many fixed noise samples, so they describe the
     averaged weights rather than the live G's; 0 keeps G's statistics."""
-    sync_bn: bool = False
-    """Multi-GPU: BatchNorm statistics over the global batch (SyncBatchNorm). Refused on CPU."""
+    sync_bn: bool = True
+    """BatchNorm statistics over the global batch, all processes together (distgan.globalbatch; CPU/gloo and
+    GPUs, R1 included), so N processes train what one does. false: each process normalises its own share
+    (batch / N images), one collective less per BatchNorm layer, and a result that depends on N. Dropout
+    masks are always drawn for the global batch."""
 
 
 @dataclass

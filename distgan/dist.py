@@ -46,17 +46,32 @@ def on_main(accelerator: Accelerator, fn: Callable[[], T]) -> T | None:
 MULTI_CPU_HINT = (
     "On a machine without GPUs, start N cooperating CPU processes with\n"
     "  launch/cpu_multi.sh --config configs/default.yaml        (NPROC=2 by default)\n"
-    "or prefix torchrun with ACCELERATE_USE_CPU=1. Plain `accelerate launch --cpu --num_processes N` starts one."
+    "or prefix torchrun with ACCELERATE_USE_CPU=1. Plain `accelerate launch --cpu --num_processes N` starts one.\n"
+    "On GPUs: accelerate launch --config_file launch/gpu_multi.yaml --num_processes N -m distgan.train ..."
 )
 
 
 def check_world(accelerator: Accelerator) -> None:
-    """The launcher's WORLD_SIZE must be the accelerator's process count."""
+    """Refuse a launch whose processes would not train together: the launcher's WORLD_SIZE must be the
+    accelerator's process count, and accelerate's simple launcher must not have been asked for several.
+
+    ``accelerate launch --num_processes N`` (N > 1) without a multi-process mode (``--cpu``, or no GPUs)
+    runs ONE process; the only trace is its rendezvous address: it exports MASTER_ADDR / MASTER_PORT when
+    more than one process or machine was asked for, and never WORLD_SIZE, which every multi-process
+    launcher (torchrun, accelerate's multi-GPU / multi-CPU launchers, SLURM's srun through them) sets.
+    """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise LaunchError(
             f"the launcher started {launched} processes but each one sees a world of {accelerator.num_processes} "
             f"({accelerator.distributed_type.value}): they would train {launched} separate copies. {MULTI_CPU_HINT}"
+        )
+    by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ
+    if by_accelerate and "MASTER_PORT" in os.environ and "WORLD_SIZE" not in os.environ:
+        raise LaunchError(
+            "accelerate launch was asked for several processes (--num_processes or --num_machines > 1) but "
+            "started ONE: without --multi_gpu (or GPUs) its simple launcher runs a single process. "
+            + MULTI_CPU_HINT
         )
 
 
@@ -104,6 +119,22 @@ def sync_buffers(accelerator: Accelerator, *modules: nn.Module) -> None:
             torch.distributed.broadcast(buf.data, src=0)
 
 
+def match_grad_layout(*modules: nn.Module) -> None:
+    """Give each gradient its parameter's strides before DDP's reducer sees it.
+
+    A Linear with one output (every D's last layer) gets its (1, n) weight gradient from a matrix product
+    laid out with strides (1, 1): autograd's layout contract ignores strides of size-1 dimensions and keeps
+    it, but the reducer compares them too and warns "Grad strides do not match bucket view strides" on
+    every rank. The hook copies such a gradient (n numbers) into its parameter's layout; values unchanged.
+    """
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad and p.is_contiguous():
+                p.register_hook(
+                    lambda g, strides=p.stride(): g if g.stride() == strides else g.clone(memory_format=torch.contiguous_format)
+                )
+
+
 def check_ranks_agree(accelerator: Accelerator, **modules: nn.Module) -> list[float]:
     """Fail unless every rank holds identical weights and buffers; returns each rank's total checksum."""
     parts = {name: checksums(m) for name, m in modules.items()}
@@ -131,9 +162,28 @@ def rng_states(accelerator: Accelerator) -> dict[str, Tensor]:
     return {f"rng.{k}": accelerator.gather(v.to(accelerator.device)[None]).cpu() for k, v in states.items()}
 
 
-def set_rng_states(accelerator: Accelerator, tensors: dict[str, Tensor]) -> None:
-    """Restore this rank's RNG states from :func:`rng_states`' output (same world size)."""
-    rank = accelerator.process_index
+def set_rng_states(accelerator: Accelerator, tensors: dict[str, Tensor], same_world: bool = True) -> None:
+    """Restore this rank's RNG states from :func:`rng_states`' output. Every rank holds the same states
+    (dropout masks are drawn for the global batch), so a checkpoint saved by another number of processes
+    gives every rank the states of its rank 0."""
+    rank = accelerator.process_index if same_world else 0
     torch.set_rng_state(tensors["rng.cpu"][rank].clone())  # a fresh tensor: set_rng_state misreads a row view
     if "rng.cuda" in tensors and accelerator.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"][rank].clone(), accelerator.device)
+
+
+def main() -> None:
+    """``LAUNCHER -m distgan.dist``: print the world the launcher's processes form (``distgan.compare`` asks
+    it of a --launcher), after the same launch checks as a training run."""
+    accelerator = Accelerator()
+    check_world(accelerator)
+    if accelerator.is_main_process:
+        print(f"distgan world {accelerator.num_processes}", flush=True)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except LaunchError as err:
+        raise SystemExit(f"error: {err}") from None

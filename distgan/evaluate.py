@@ -114,29 +114,30 @@ def fit(dataset: str, root: str | Path, recipe: Recipe | None = None, log=print)
     x_test, y_test = data.load_split(dataset, root, train=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
-    try:
-        t0 = time.perf_counter()
-        torch.manual_seed(stream_seed("evaluator", dataset, recipe.seed))
-        net = Classifier(recipe.width, recipe.features, dropout=recipe.dropout)
-        opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-        steps = recipe.epochs * (len(x_train) // recipe.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)  # linear decay to 0
-        order = torch.Generator().manual_seed(stream_seed("evaluator-order", dataset, recipe.seed))
-        net.train()
-        for epoch in range(recipe.epochs):
-            perm = torch.randperm(len(x_train), generator=order)
-            for i in range(len(x_train) // recipe.batch_size):
-                idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-                loss = torch.nn.functional.cross_entropy(net(_scale(x_train[idx]))[1], y_train[idx].long())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # a plain one-process CPU loop: no launcher, no precision policy, no DDP
-                opt.step()
-                sched.step()
-            log(f"evaluator {dataset}: epoch {epoch + 1}/{recipe.epochs}, loss {loss.item():.4f}")
-        seconds = time.perf_counter() - t0
-        test_acc = accuracy(net, x_test, y_test)
-    finally:
-        torch.set_num_threads(threads)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
+        try:
+            t0 = time.perf_counter()
+            torch.manual_seed(stream_seed("evaluator", dataset, recipe.seed))
+            net = Classifier(recipe.width, recipe.features, dropout=recipe.dropout)
+            opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+            steps = recipe.epochs * (len(x_train) // recipe.batch_size)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)  # linear decay to 0
+            order = torch.Generator().manual_seed(stream_seed("evaluator-order", dataset, recipe.seed))
+            net.train()
+            for epoch in range(recipe.epochs):
+                perm = torch.randperm(len(x_train), generator=order)
+                for i in range(len(x_train) // recipe.batch_size):
+                    idx = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+                    loss = torch.nn.functional.cross_entropy(net(_scale(x_train[idx]))[1], y_train[idx].long())
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()  # a plain one-process CPU loop: no launcher, no precision policy, no DDP
+                    opt.step()
+                    sched.step()
+                log(f"evaluator {dataset}: epoch {epoch + 1}/{recipe.epochs}, loss {loss.item():.4f}")
+            seconds = time.perf_counter() - t0
+            test_acc = accuracy(net, x_test, y_test)
+        finally:
+            torch.set_num_threads(threads)
     path = cache_path(root, dataset, recipe)
     info = {
         "identity": identity(dataset, recipe),

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from distgan import __version__, checkpoint, config
 from distgan.dist import on_main, set_rng_states
 from distgan.errors import CheckpointError, ConfigError
-from distgan.rng import stream_seed
 from distgan.steps import EMA, GANSteps
 
 # What a checkpoint's training depends on: resuming with any of these changed would not continue that
@@ -241,15 +240,7 @@ def restore(
     if accelerator.scaler is not None and extra.get("scaler"):
         accelerator.scaler.load_state_dict(extra["scaler"])
     gan.d_updates, gan.g_updates, gan.skipped = c["d_updates"], c["g_updates"], dict(c["skipped_fp16_steps"])
-    if extra["world"] == accelerator.num_processes:
-        set_rng_states(accelerator, restored.train)
-    else:
-        torch.manual_seed(stream_seed(cfg.train.seed, "torch", accelerator.process_index, c["step"]))
-        accelerator.print(
-            f"note: {restored.folder} was saved by {extra['world']} processes, resumed on "
-            f"{accelerator.num_processes}: dropout draws are reseeded, so the continuation is not bitwise that "
-            "of the original world size"
-        )
+    set_rng_states(accelerator, restored.train, same_world=extra["world"] == accelerator.num_processes)
     accelerator.print(f"resuming {restored.folder} at step {c['step']} (epoch {c['epoch']})")
     return Counters(**{k: c[k] for k in asdict(Counters())})
 

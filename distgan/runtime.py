@@ -121,10 +121,6 @@ class Runtime:
                 f"train.batch_size={cfg.train.batch_size} (global) is not divisible by {self.world} processes; "
                 f"use a multiple of {self.world}"
             )
-        if cfg.model.sync_bn and device != "cuda":
-            raise ConfigError(
-                "model.sync_bn=true needs CUDA GPUs (SyncBatchNorm has no CPU/gloo kernel); set model.sync_bn=false"
-            )
 
 
 def make_run_dir(cfg: config.Config, accelerator: Accelerator, resumed: Path | None = None, auto: bool = False) -> Path:

@@ -19,7 +19,9 @@ step's metrics by name (:data:`STEP_KEYS`), still on the device. The D:G ratio i
 skipped steps are counted and logged.
 
 Gradient norms (after DDP's all-reduce, so equal on every rank) are measured only on steps where
-``measure`` is set: the logging steps, so the other steps pay nothing. Nothing here syncs the host.
+``measure`` is set: the logging steps, so the other steps pay nothing. Nothing here syncs the host, except
+under fp16: the GradScaler's skipped-step flag is read on the host after each optimizer step (and Adam is
+not fused there).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 
 from distgan import losses
+from distgan.globalbatch import local, segments
 from distgan.rng import StepNoise, swap_rate
 
 D_KEYS = ("loss_d", "d_real", "d_fake", "grad_norm_d", "r1")
@@ -242,7 +245,8 @@ class GANSteps:
             self.accelerator.backward(fake_term)
             loss = real_term.detach() + fake_term.detach()
         else:
-            logits = self.D(torch.cat([real, fake])).float()
+            with segments(len(real), len(fake)):  # globally: cat(every rank's real, every rank's fake)
+                logits = self.D(torch.cat([real, fake])).float()
             real_logits, fake_logits = logits.split([len(real), len(fake)])
             loss = losses.d_loss(self.loss_d, real_logits, fake_logits, real_targets, fake_targets)
             if penalise:
@@ -268,7 +272,8 @@ class GANSteps:
                 fake = self.G(z)
                 if self._mixed and self._last_real is not None:
                     real = self._last_real.to(fake.dtype)
-                    fake_logits = self.D(torch.cat([real, fake])).float()[len(real) :]
+                    with segments(len(real), len(fake)):
+                        fake_logits = self.D(torch.cat([real, fake])).float()[len(real) :]
                 else:
                     fake_logits = self.D(fake).float()
                 loss = losses.g_loss(self.loss_g, fake_logits)
@@ -355,7 +360,8 @@ class EMA:
                 seen += len(chunk)
                 for m in bns:
                     m.momentum = len(chunk) / seen
-                type(self.model).forward(self.model, chunk)
+                with local():  # every rank recalibrates on the same z: nothing to share
+                    type(self.model).forward(self.model, chunk)
         finally:
             for m, momentum in zip(bns, momenta, strict=True):
                 m.momentum = momentum

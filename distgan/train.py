@@ -7,7 +7,7 @@ One CPU process (what the tests use)::
 The same module under accelerate (one GPU, N GPUs, N CPU processes, several nodes: see launch/)::
 
     accelerate launch -m distgan.train --config configs/v5.yaml
-    accelerate launch --config_file launch/cpu_multi.yaml --num_processes 2 -m distgan.train ...   (see launch/cpu_multi.sh)
+    launch/cpu_multi.sh --config configs/default.yaml     (N gloo processes: ACCELERATE_USE_CPU=1 accelerate launch ...)
 
 ``--dry-run`` prints the resolved config and exits. Dotted overrides (``train.seed=1``) come last.
 A run writes ``runs/<name>/``: config.yaml, metrics.jsonl, samples/epoch-NNN.png, checkpoints/, wandb/.
@@ -36,8 +36,9 @@ from tqdm.auto import tqdm
 
 from distgan import __version__, checkpoint, config, data, evaluate, models, resume
 from distgan.batches import DeviceImages, epoch_permutation, shard
-from distgan.dist import check_shards, on_main
+from distgan.dist import check_shards, match_grad_layout, on_main
 from distgan.errors import ConfigError, DistganError
+from distgan.globalbatch import globalize
 from distgan.rng import stream_seed
 from distgan.run import Run, flush, maintain, timing, write_summary
 from distgan.runtime import Runtime, make_run_dir
@@ -95,8 +96,10 @@ def build(cfg: config.Config, rt: Runtime, schedule: Schedule, real_images: Devi
         cfg = dataclasses.replace(cfg, output=where)
     torch.manual_seed(stream_seed(cfg.train.seed, "init"))
     G, D = models.build_pair(cfg.model)
-    if cfg.model.sync_bn:
-        G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
+    check_norm_batch(cfg, rt.world, G, D)
+    G, D = (globalize(m, batchnorm=cfg.model.sync_bn) for m in (G, D))  # the same run on 1 or N processes
+    if rt.world > 1:
+        match_grad_layout(G, D)
     if restored is not None:
         G.load_state_dict(checkpoint.module_state(restored.model, "G"))
         D.load_state_dict(checkpoint.module_state(restored.model, "D"))
@@ -107,7 +110,8 @@ def build(cfg: config.Config, rt: Runtime, schedule: Schedule, real_images: Devi
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=run_dir.name))
     gan = GANSteps.from_config(acc, G, D, cfg, schedule.total_steps)
     nets = {"G": G, "D": D, **({"G_ema": gan.ema.model} if gan.ema else {})}
-    torch.manual_seed(stream_seed(cfg.train.seed, "torch", rt.rank))  # dropout masks: differ per rank, reproducibly
+    # Dropout masks: every rank draws the global batch's mask (GlobalDropout), so every rank holds rank 0's state
+    torch.manual_seed(stream_seed(cfg.train.seed, "torch", 0))
     counters = resume.Counters() if restored is None else resume.restore(acc, restored, gan, gan.ema, cfg)
     wandb_id = [counters.wandb_id]
     broadcast_object_list(wandb_id)  # one W&B run id for all ranks (only the main one logs)
@@ -122,6 +126,21 @@ def build(cfg: config.Config, rt: Runtime, schedule: Schedule, real_images: Devi
     )
     buffer = StepBuffer(rt.device, cfg.train.log_every)
     return Run(cfg, rt, run_dir, schedule, real_images, gan, nets, log, buffer, counters, start_step=counters.step)
+
+
+def check_norm_batch(cfg: config.Config, world: int, *nets: torch.nn.Module) -> None:
+    """Refuse, before the run folder exists, a batch that a BatchNorm1d layer cannot normalise: one row per
+    channel (the global batch with model.sync_bn, else each process's share)."""
+    if not any(isinstance(m, torch.nn.BatchNorm1d) for net in nets for m in net.modules()):
+        return
+    rows = cfg.train.batch_size if cfg.model.sync_bn else cfg.train.batch_size // world
+    if rows < 2:
+        where = "in all" if cfg.model.sync_bn else f"per process ({world} processes)"
+        fix = "train.batch_size >= 2" if cfg.model.sync_bn else f"train.batch_size >= {2 * world} or model.sync_bn=true"
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} leaves BatchNorm {rows} image {where} to take statistics "
+            f"over; it needs at least 2: set {fix}"
+        )
 
 
 def loop(run: Run, stop: StopRequest) -> int:

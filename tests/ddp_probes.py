@@ -120,6 +120,55 @@ def _probe_r1_equals_one_process_on_the_whole_batch():
     acc.end_training()
 
 
+def _probe_global_batch_step_equals_one_process():
+    """BatchNorm statistics and Dropout masks over the global batch: two ranks of 4 images take the D and G
+    steps one process takes on all 8 (SGD, so any gradient difference shows in the weights), for the
+    blog's pairs with BatchNorm in G and D (v5), Dropout in D on a joint forward (v4.1), and a BatchNorm D
+    under R1's double backward with the G step's mixed batches."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from distgan import models
+    from distgan.globalbatch import globalize, local
+    from distgan.steps import GANSteps
+
+    acc = Accelerator()
+    rank = acc.process_index
+    gen = torch.Generator().manual_seed(1)
+    real, z_d, z_g = torch.rand(8, 1, 28, 28, generator=gen), torch.randn(8, 100, generator=gen), torch.randn(8, 100, generator=gen)
+    real_t, fake_t = torch.rand(8, generator=gen) * 0.1 + 0.9, torch.zeros(8)
+    mine = slice(4 * rank, 4 * rank + 4)
+    cases = {
+        "v5 pair, separate D forward": ("ref_g", "ref_d", {"separate_d_forward": True}),
+        "v4.1 pair, joint D forward": ("v4_g", "v4_d", {}),
+        "v5 pair, R1 + mixed": ("ref_g", "ref_d", {"r1_gamma": 1.0, "g_step_d_norm": "mixed"}),
+    }
+    for case, (g, d, kwargs) in cases.items():
+        torch.manual_seed(0)
+        G, D = globalize(models.build_generator(g, 100)), globalize(models.build_discriminator(d))
+        G_ref, D_ref = copy.deepcopy(G), copy.deepcopy(D)
+
+        def sgd(G, D):
+            return torch.optim.SGD(G.parameters(), lr=0.1), torch.optim.SGD(D.parameters(), lr=0.1)
+
+        ref = GANSteps(acc, G_ref, D_ref, *sgd(G_ref, D_ref), "bce", "bce", **kwargs)
+        torch.manual_seed(5)
+        with local():
+            ref.d_step(real, z_d, real_t, fake_t)
+            ref.g_step(z_g)
+        G_ddp, D_ddp, opt_g, opt_d = acc.prepare(G, D, *sgd(G, D))
+        gan = GANSteps(acc, G_ddp, D_ddp, opt_g, opt_d, "bce", "bce", **kwargs)
+        torch.manual_seed(5)  # the dropout masks: drawn for the global batch by every rank
+        gan.d_step(real[mine], z_d[mine], real_t[mine], fake_t[mine])
+        gan.g_step(z_g[mine])
+        for name, a, b in (("G", G_ref, G), ("D", D_ref, D)):
+            for (key, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+                worst = ((x.double() - y.double()).abs() / (1 + x.double().abs())).max().item()
+                assert worst < 1e-5, f"{case}: {name}.{key} differs by {worst:.2e} (relative) from one process"
+    acc.end_training()
+
+
 def _probe_rank_mismatch_is_caught():
     from accelerate import Accelerator
 
@@ -163,6 +212,7 @@ PROBES = {
     "g_step_leaves_d_alone": _probe_g_step_leaves_d_alone,
     "separate_d_forward_with_batchnorm": _probe_separate_d_forward_with_batchnorm,
     "rank_mismatch_is_caught": _probe_rank_mismatch_is_caught,
+    "global_batch_step_equals_one_process": _probe_global_batch_step_equals_one_process,
     "r1_equals_one_process_on_the_whole_batch": _probe_r1_equals_one_process_on_the_whole_batch,
     "main_failure_reaches_every_rank": _probe_main_failure_reaches_every_rank,
 }

@@ -110,14 +110,24 @@ def test_stored_configs_match_where_the_plan_fixes_a_value():
 
 @pytest.mark.slow
 def test_compare_launches_its_runs_under_accelerate_as_the_readme_shows(tmp_path):
+    """A --launcher comparison makes its own runs: a finished 1-process run of the same config and seed is
+    not reused as a 2-process one (the world size is part of a run's identity)."""
+    args = [configs(tmp_path)[0], "--epochs", "1", "--out", str(tmp_path / "r"), "--runs-dir", str(tmp_path / "runs")]
+    single = python("distgan.compare", *args, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
     port = free_port()
     launcher = (
         f"env ACCELERATE_USE_CPU=1 {Path(sys.executable).parent / 'accelerate'} launch --config_file "
         f"launch/cpu_multi.yaml --num_processes 2 --main_process_port {port}"
     )
-    args = [configs(tmp_path)[0], "--epochs", "1", "--out", str(tmp_path / "r"), "--runs-dir", str(tmp_path / "runs")]
     proc = python("distgan.compare", *args, "--launcher", launcher, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((tmp_path / "runs").iterdir())
-    assert '"world": 2' in (run / "summary.json").read_text()
+    assert "reusing" not in proc.stdout
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and runs[1].name == runs[0].name + "-w2"
+    assert '"world": 1' in (runs[0] / "summary.json").read_text()
+    assert '"world": 2' in (runs[1] / "summary.json").read_text()
     assert table(tmp_path / "r" / "table.csv")[0]["config"] == "narrow"
+    again = python("distgan.compare", *args, "--launcher", launcher, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 1  # the 2-process run, by its own name
+

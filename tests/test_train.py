@@ -160,12 +160,12 @@ def test_bf16_trains_on_cpu_with_float32_losses(mnist_root, tmp_path):
     "override, message",
     [
         ("train.mixed_precision=fp16", "fp16 is not available on the CPU"),
-        ("model.sync_bn=true", "model.sync_bn=true needs CUDA GPUs"),
+        ("train.batch_size=1", "leaves BatchNorm 1 image in all to take statistics over"),
         ("train.batch_size=70000", "exceeds the dataset"),
         ("train.compile=reduce-overhead", "CUDA graphs, which need a CUDA GPU"),
     ],
 )
-def test_settings_the_cpu_cannot_honour_are_refused(mnist_root, tmp_path, override, message):
+def test_settings_that_cannot_run_are_refused_before_any_folder(mnist_root, tmp_path, override, message):
     proc = subprocess.run(
         [sys.executable, "-m", "distgan.train", *tiny_overrides(tmp_path, "x"), "train.max_steps=2", override],
         capture_output=True,

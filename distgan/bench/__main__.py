@@ -107,9 +107,14 @@ def training(args: argparse.Namespace, base: dict, path: str, precision: str, lo
         log(f"  window: {spec['steps']} steps of {args.batch_size}")
     rivals = [("distgan", {**spec, "kind": "distgan"}, 1), ("plain", {**spec, "kind": "plain"}, 1)]
     rivals += [(f"tutorial_w{w}", {**spec, "kind": "tutorial", "workers": w}, 1) for w in args.worker_counts]
-    if args.compile:
+    skipped = {}
+    if args.compile and config.load(path).loss.r1_gamma:
+        # torch.compile has no double backward: distgan refuses compile with R1, so the row says so
+        skipped["compiled"] = {"skipped": "R1 penalty (double backward) does not compile"}
+        log(f"  compiled: skipped for {Path(path).stem}: {skipped['compiled']['skipped']}")
+    elif args.compile:
         rivals.append(("compiled", {**spec, "kind": "distgan", "overrides": [*over, "train.compile=default"]}, 1))
-    found = best(rivals, args.repeats, log)
+    found = {**best(rivals, args.repeats, log), **skipped}
     tutorial = max((found[f"tutorial_w{w}"] for w in args.worker_counts), key=lambda r: r["img_per_s"])
     return {"config": Path(path).stem, "precision": precision, "steps": spec["steps"], "tutorial": tutorial, **found}
 

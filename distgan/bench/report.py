@@ -61,7 +61,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {row['name']} | {r / a['batch_size']:,.1f} | {r:,.0f} | {r / base:.2f}x |")
         lines.append("")
     workers = [k[len("tutorial_w") :] for k in report["training"][0] if k.startswith("tutorial_w")]
-    compiled = "compiled" in report["training"][0]
+    compiled = any("compiled" in row for row in report["training"])
     head = ["config", "precision", "steps", "distgan img/s", "plain loop img/s"]
     head += [f"tutorial, {w} workers, img/s" for w in workers]
     head += ["distgan / plain", "distgan / best tutorial"]
@@ -78,8 +78,10 @@ def markdown(report: dict) -> str:
         cells = [row["config"], row["precision"], str(row["steps"]), f"{d:,.0f}", f"{p:,.0f}"]
         cells += [f"{row[f'tutorial_w{w}']['img_per_s']:,.0f}" for w in workers]
         cells += [f"{d / p:.3f}x", f"{d / t:.2f}x"]
-        if compiled:
+        if compiled and "img_per_s" in row.get("compiled", {}):
             cells += [f"{row['compiled']['img_per_s']:,.0f}", f"{row['compiled']['img_per_s'] / d:.2f}x"]
+        elif compiled:
+            cells += [row.get("compiled", {}).get("skipped", "not run"), "-"]
         cells.append(" / ".join(memory(row[k]) for k in ("distgan", "plain", "tutorial")))
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("procs"):

@@ -41,8 +41,9 @@ class ConvDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         c_in, size = 1, 28
         for i, c in enumerate(channels):
-            layers.append(nn.Conv2d(c_in, c, kernel, stride, padding))
-            if conv_batchnorm and i > 0:
+            norm = conv_batchnorm and i > 0
+            layers.append(nn.Conv2d(c_in, c, kernel, stride, padding, bias=not norm))
+            if norm:
                 layers.append(nn.BatchNorm2d(c))
             layers.append(nn.LeakyReLU(leak))
             if dropout > 0:
@@ -83,10 +84,12 @@ class ConvGenerator(nn.Module):
             drop = [nn.Dropout(dropout)] if dropout > 0 else []
             return [*bn, nn.LeakyReLU(leak) if leak > 0 else nn.ReLU(), *drop]
 
-        self.project = nn.Sequential(*pre, nn.Linear(widths[-1], width * 49), *norm_act(width * 49, 1))
+        self.project = nn.Sequential(
+            *pre, nn.Linear(widths[-1], width * 49, bias=not batchnorm), *norm_act(width * 49, 1)
+        )
         self.width = width
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(width, width // 2, 4, 2, 1),
+            nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=not batchnorm),
             *norm_act(width // 2, 2),
             nn.ConvTranspose2d(width // 2, 1, 4, 2, 1),
         )
@@ -100,7 +103,7 @@ def conv_stack(channels: Sequence[int], batchnorm: bool, dropout: float, leak: f
     """Same-size 3x3 convs between consecutive channel counts, each with [BN] activation [Dropout]."""
     layers: list[nn.Module] = []
     for c_in, c_out in itertools.pairwise(channels):
-        layers.append(nn.Conv2d(c_in, c_out, 3, 1, 1))
+        layers.append(nn.Conv2d(c_in, c_out, 3, 1, 1, bias=not batchnorm))
         if batchnorm:
             layers.append(nn.BatchNorm2d(c_out))
         layers.append(nn.LeakyReLU(leak) if leak > 0 else nn.ReLU())

@@ -21,8 +21,9 @@ def mlp_block(
     leak: float,
     bn_eps: float = 1e-5,
 ) -> list[nn.Module]:
-    """Linear -> [BatchNorm1d] -> LeakyReLU -> [Dropout]."""
-    layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
+    """Linear -> [BatchNorm1d] -> LeakyReLU -> [Dropout]. Before BatchNorm the Linear has no bias (see
+    :data:`distgan.models.NO_BIAS_BEFORE_NORM`)."""
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out, bias=not batchnorm)]
     if batchnorm:
         layers.append(nn.BatchNorm1d(n_out, eps=bn_eps))
     layers.append(nn.LeakyReLU(leak))
