@@ -5,18 +5,26 @@ Layout of a run folder's ``checkpoints/``::
     epoch-003/model.safetensors   G.*, D.* and G_ema.* tensors; metadata holds the resolved config and counters
     epoch-003/train.safetensors   what exact resumption needs besides: both optimizers' tensors, every
                                   rank's RNG states (structure and scalars in state.json)
-    epoch-003/state.json          config, counters, optimizer structure, scaler, versions: plain JSON
+    epoch-003/state.json          config, counters, optimizer structure, scaler, versions: plain JSON, and the
+                                  SHA-256 of both tensor files
     latest                        the name of the newest complete checkpoint
     best                          the name of the checkpoint with the lowest FID (when evaluated)
 
 A checkpoint is written under a hidden temporary name, fsynced, then renamed, so a crash mid-save
 leaves the previous one valid; older checkpoints are pruned only after the new one is complete.
 ``model.safetensors`` alone is enough to rebuild G (``distgan.sample``). Nothing is ever unpickled.
+
+Integrity: ``state.json`` records the SHA-256 of ``model.safetensors`` and ``train.safetensors``, and the
+model file's metadata records the SHA-256 of everything else in ``state.json`` (counters, config, optimizer
+structure): a checkpoint whose files were altered, replaced or mixed with another's after saving is refused
+(:func:`verify`) by resume, sample and evaluate. Pointers (``latest``, ``best``) hold a tag name and
+nothing else, and a tag is a real folder inside its run's ``checkpoints/`` (:func:`tag_folder`).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -47,10 +55,27 @@ def state_tensors(**modules: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """A safetensors file through distgan's atomic writer. (safetensors' own ``save_file`` turns a full disk
-    into a ``SafetensorError``; written from Python it stays ``OSError(ENOSPC)``, which save() explains.)"""
-    write_atomic(path, safetensors_bytes(tensors, metadata=metadata))
+def save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
+    """A safetensors file through distgan's atomic writer; returns its SHA-256. (safetensors' own
+    ``save_file`` turns a full disk into a ``SafetensorError``; written from Python it stays
+    ``OSError(ENOSPC)``, which save() explains.)"""
+    data = safetensors_bytes(tensors, metadata=metadata)
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _state_digest(state: dict) -> str:
+    """SHA-256 of state.json's content but its file digests, in a canonical JSON form."""
+    body = {k: v for k, v in state.items() if k != "digests"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _write_pointer(ckpt_dir: Path, name: str, tag: str) -> None:
@@ -58,10 +83,33 @@ def _write_pointer(ckpt_dir: Path, name: str, tag: str) -> None:
 
 
 def read_pointer(ckpt_dir: Path, name: str) -> str | None:
+    """The tag a pointer file (``latest``, ``best``) names; None when there is none. CheckpointError for a
+    pointer that is a symlink or holds anything but a tag name (a path would lead out of the run)."""
+    path = ckpt_dir / name
+    if path.is_symlink():
+        raise CheckpointError(f"{path} is a symlink; a checkpoint pointer is a file holding a tag name: delete it")
     try:
-        return (ckpt_dir / name).read_text().strip() or None
+        tag = path.read_text(errors="replace").strip()
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if not tag:
+        return None
+    if not TAG.match(tag):
+        raise CheckpointError(
+            f"{path} holds {tag[:80]!r}, not a checkpoint name (epoch-NNN or step-NNNNNN): it was edited; write the "
+            f"name of a checkpoint folder of this run into it, or resume from a checkpoint folder"
+        )
+    return tag
+
+
+def tag_folder(ckpt_dir: Path, tag: str) -> Path:
+    """``ckpt_dir/tag``, refused unless it is a real folder (no symlink) inside ``ckpt_dir``."""
+    folder = ckpt_dir / tag
+    if folder.is_symlink() or (folder.exists() and folder.resolve().parent != ckpt_dir.resolve()):
+        raise CheckpointError(f"{folder} is a link out of its run's checkpoints/; checkpoints are real folders there")
+    return folder
 
 
 def save(
@@ -80,9 +128,11 @@ def save(
     try:
         tmp.mkdir()
         metadata = {"format": "pt", **{k: json.dumps(v) for k, v in info.items() if k != "train"}}
-        save_file(tensors, tmp / MODEL_FILE, metadata=metadata)
+        metadata["state_sha256"] = json.dumps(_state_digest(info))
+        digests = {MODEL_FILE: save_file(tensors, tmp / MODEL_FILE, metadata=metadata)}
         if train_tensors is not None:
-            save_file(train_tensors, tmp / TRAIN_FILE, metadata={"format": "pt"})
+            digests[TRAIN_FILE] = save_file(train_tensors, tmp / TRAIN_FILE, metadata={"format": "pt"})
+        info = {**info, "digests": digests}
         write_atomic(tmp / STATE_FILE, json.dumps(info, indent=2))
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -142,20 +192,54 @@ def resolve(path: str | Path) -> Path:
         return path
     if (path / MODEL_FILE).is_file():
         return path / MODEL_FILE
-    latest = path / "checkpoints" / "latest"
-    if latest.is_file():
-        target = path / "checkpoints" / latest.read_text().strip() / MODEL_FILE
+    ckpt_dir = path / "checkpoints"
+    tag = read_pointer(ckpt_dir, "latest") if ckpt_dir.is_dir() else None
+    if tag is not None:
+        target = tag_folder(ckpt_dir, tag) / MODEL_FILE
         if target.is_file():
             return target
-        raise CheckpointError(f"{latest} points to a missing checkpoint ({target}); pass a checkpoint folder instead")
+        raise CheckpointError(
+            f"{ckpt_dir / 'latest'} points to a missing checkpoint ({target}); pass a checkpoint folder instead"
+        )
     raise CheckpointError(
         f"no checkpoint at {path}: pass a run folder (with checkpoints/latest), a checkpoint folder, "
         f"or a {MODEL_FILE} file"
     )
 
 
+def read_state(folder: Path) -> dict | None:
+    """A checkpoint folder's state.json, or None where there is none. CheckpointError if unreadable."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / STATE_FILE} is unreadable ({e}); resume from an older checkpoint") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{folder / STATE_FILE} is not a checkpoint's state (not a JSON object)")
+    return state
+
+
+def verify(folder: Path, state: dict, model_info: dict, files: tuple[str, ...] = (MODEL_FILE, TRAIN_FILE)) -> None:
+    """Refuse a checkpoint whose ``files`` or state.json differ from what was saved: each file's SHA-256
+    against state.json's record, and state.json's content against the digest the model file's metadata
+    holds. Checkpoints saved before distgan recorded digests carry neither and pass unverified."""
+    recorded = state.get("digests")
+    if recorded is None and "state_sha256" not in model_info:
+        return
+    hint = f"it was altered or replaced after saving: resume from another checkpoint (ls {folder.parent})"
+    if not isinstance(recorded, dict) or model_info.get("state_sha256") != _state_digest(state):
+        raise CheckpointError(f"{folder / STATE_FILE} is not the state saved with {folder / MODEL_FILE}; {hint}")
+    for name in files:
+        if name in recorded and (folder / name).is_file() and _sha256_file(folder / name) != recorded[name]:
+            raise CheckpointError(
+                f"{folder / name} is not the file this checkpoint saved (its SHA-256 differs); {hint}"
+            )
+
+
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, info) from a checkpoint; info holds 'config' and 'counters'. No pickle involved."""
+    """(tensors, info) from a checkpoint; info holds 'config' and 'counters'. No pickle involved. Verified
+    against the state.json beside it, where there is one."""
     file = resolve(path)
     try:
         with safetensors.safe_open(str(file), framework="pt") as f:
@@ -169,6 +253,10 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         info = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: its distgan metadata is not valid JSON ({e})") from None
+    if file.name == MODEL_FILE:
+        state = read_state(file.parent)
+        if state is not None:
+            verify(file.parent, state, info, files=(MODEL_FILE,))
     return tensors, info
 
 
@@ -181,13 +269,11 @@ def module_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 def load_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """(model tensors, training-state tensors, state.json) of a checkpoint, for an exact resume."""
     folder = resolve(path).parent
-    tensors, _ = load(folder)
-    try:
-        info = json.loads((folder / STATE_FILE).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no {STATE_FILE}; it can be sampled from but not resumed") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder / STATE_FILE} is unreadable ({e}); resume from an older checkpoint") from None
+    tensors, model_info = load(folder)
+    info = read_state(folder)
+    if info is None:
+        raise CheckpointError(f"{folder} has no {STATE_FILE}; it can be sampled from but not resumed")
+    verify(folder, info, model_info)
     if "train" not in info or not (folder / TRAIN_FILE).is_file():
         raise CheckpointError(
             f"{folder} holds weights but no training state ({TRAIN_FILE}); it can be sampled from but not resumed"

@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from distgan import checkpoint, config, stats
 from distgan.errors import CompareError, DistganError
@@ -88,8 +87,8 @@ def _matches(planned, stored) -> bool:
 
 def _stored_config(run: Path) -> dict | None:
     try:
-        return config.from_dict(yaml.safe_load((run / "config.yaml").read_text())).to_dict()
-    except (OSError, yaml.YAMLError, config.ConfigError):
+        return config.from_dict(config.read_yaml_file(run / "config.yaml")).to_dict()
+    except (OSError, config.ConfigError):
         return None
 
 

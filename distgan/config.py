@@ -307,22 +307,91 @@ def _merge(base: dict, over: dict, cls: type | None = None) -> dict:
     return out
 
 
+MAX_YAML_BYTES = 1 << 20  # a config is a few hundred bytes; a megabyte is no config
+MAX_YAML_DEPTH = 32  # sections, then a model's argument mapping, then a list: a handful of levels
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as a config needs it: no aliases (``*name``: a 435-byte file of nested aliases once expanded to
+    gigabytes), no duplicate keys at any level (PyYAML keeps the last silently; a repeated ``train:`` would
+    reset the first one's keys), and a bounded nesting depth (deep nesting ends in RecursionError)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a config", mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: let PyYAML name it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """One YAML document under :class:`_StrictLoader`'s rules; ConfigError naming ``where`` otherwise."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where} holds {len(text):,} characters; a config is at most {MAX_YAML_BYTES:,}")
+    if "\x00" in text:
+        raise ConfigError(f"{where} contains a NUL character; remove it")
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML: {e.problem or e.context}{at}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def read_yaml_file(path: Path) -> Any:
+    """A YAML file's document; ConfigError for a file that is missing, not a file, unreadable or not UTF-8."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}; give a YAML file (the shipped ones are in configs/)")
+    try:
+        raw = path.read_bytes()[: MAX_YAML_BYTES + 1]
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (first bad byte at offset {e.start}); save it as UTF-8") from None
+    return parse_yaml(text, str(path))
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config 'base' chain loops back to {path}")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    data = read_yaml_file(path)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: 'base' must name a YAML file (relative to this one), got {base!r}")
         data = _merge(_read_yaml(path.parent / base, seen + (path,)), data)
     return data
 
@@ -334,10 +403,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key; write section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override '{text}': the value is not valid YAML ({e})") from None
+    value = parse_yaml(raw, f"override '{text}': the value") if raw.strip() else ""
     return key.split("."), value
 
 

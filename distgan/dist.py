@@ -70,8 +70,7 @@ def check_world(accelerator: Accelerator) -> None:
     if by_accelerate and "MASTER_PORT" in os.environ and "WORLD_SIZE" not in os.environ:
         raise LaunchError(
             "accelerate launch was asked for several processes (--num_processes or --num_machines > 1) but "
-            "started ONE: without --multi_gpu (or GPUs) its simple launcher runs a single process. "
-            + MULTI_CPU_HINT
+            "started ONE: without --multi_gpu (or GPUs) its simple launcher runs a single process. " + MULTI_CPU_HINT
         )
 
 
@@ -130,9 +129,14 @@ def match_grad_layout(*modules: nn.Module) -> None:
     for module in modules:
         for p in module.parameters():
             if p.requires_grad and p.is_contiguous():
-                p.register_hook(
-                    lambda g, strides=p.stride(): g if g.stride() == strides else g.clone(memory_format=torch.contiguous_format)
-                )
+                p.register_hook(_relayout(p.stride()))
+
+
+def _relayout(strides: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
+    def hook(grad: Tensor) -> Tensor:
+        return grad if grad.stride() == strides else grad.clone(memory_format=torch.contiguous_format)
+
+    return hook
 
 
 def check_ranks_agree(accelerator: Accelerator, **modules: nn.Module) -> list[float]:

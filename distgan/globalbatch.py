@@ -111,7 +111,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         xf = x.float()
         per_channel = x.numel() // x.shape[1]
         if per_channel * n_proc <= 1:  # every rank holds an equal share of the global batch
-            raise ValueError(f"BatchNorm needs more than 1 value per channel over all processes, got {n_proc * per_channel}")
+            raise ValueError(
+                f"BatchNorm needs more than 1 value per channel over all processes, got {n_proc * per_channel}"
+            )
         count = float(per_channel * n_proc)
         mean = _AllReduceSum.apply(xf.sum(dims)) / count
         centred = xf - mean.view(shape)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from distgan import __version__, checkpoint, config
 from distgan.dist import on_main, set_rng_states
 from distgan.errors import CheckpointError, ConfigError
+from distgan.runlock import RunLock
 from distgan.steps import EMA, GANSteps
 
 # What a checkpoint's training depends on: resuming with any of these changed would not continue that
@@ -84,7 +85,10 @@ def _saved_config(folder: Path) -> dict | None:
 def find(cfg: config.Config, spec: str) -> Path | None:
     """The checkpoint folder to resume from, or None (``auto`` found nothing: start a new run)."""
     if spec != "auto":
-        folder = checkpoint.resolve(spec).parent.resolve()  # raises CheckpointError with what to pass instead
+        given = checkpoint.resolve(spec).parent  # raises CheckpointError with what to pass instead
+        if given.is_symlink():
+            raise CheckpointError(f"{given} is a symlink; pass the checkpoint folder itself, inside its own run")
+        folder = given.resolve()
         if folder.parent.name != "checkpoints":
             raise CheckpointError(
                 f"{folder} is not inside a run's checkpoints/ folder, so there is no run to continue; pass the run "
@@ -98,7 +102,7 @@ def find(cfg: config.Config, spec: str) -> Path | None:
         runs = sorted(out.glob(f"{cfg.name}-s{cfg.train.seed}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for run in runs:
         tag = checkpoint.read_pointer(run / "checkpoints", "latest")
-        folder = run / "checkpoints" / tag if tag else None
+        folder = checkpoint.tag_folder(run / "checkpoints", tag) if tag else None
         if folder is None or not folder.is_dir():
             continue
         saved = _saved_config(folder)
@@ -142,12 +146,32 @@ class Restored:
         return self.folder.parents[1]
 
 
-def locate(cfg: config.Config, accelerator: Accelerator, spec: str | None) -> Restored | None:
+def locate(cfg: config.Config, rt, spec: str | None) -> Restored | None:
     """The checkpoint to continue (decided by the main process for all ranks), read and checked against
-    ``cfg`` before anything is written; None: start a new run. Collective."""
+    ``cfg`` before anything is written; None: start a new run. The run folder is locked first
+    (``rt.lock``, :mod:`distgan.runlock`), and the checkpoint looked up again under the lock: a trainer
+    we waited for may have saved a newer one on its way out. Collective."""
     if spec is None:
         return None
-    found = on_main(accelerator, lambda: find(cfg, spec))  # a bad path stops every rank
+    accelerator = rt.accelerator
+
+    def find_locked() -> Path | None:
+        found = find(cfg, spec)
+        for _ in range(3):
+            if found is None:
+                return None
+            run_dir = found.parents[1]
+            if rt.lock is None or rt.lock.run_dir != run_dir:
+                if rt.lock is not None:
+                    rt.lock.release()
+                rt.lock = RunLock.acquire(run_dir, log=accelerator.print)
+            again = find(cfg, spec)
+            if again is not None and again.parents[1] == run_dir:
+                return again
+            found = again
+        raise CheckpointError(f"the run to resume kept changing under {cfg.output.dir}; try again")
+
+    found = on_main(accelerator, find_locked)  # a bad path stops every rank
     target = [str(found) if found is not None else None]
     broadcast_object_list(target)
     if target[0] is None:
@@ -247,8 +271,12 @@ def restore(
 
 def last_good(ckpt_dir: Path) -> str:
     """The advice a non-finite stop gives: where the last good checkpoint is, and what to change."""
-    tag = checkpoint.read_pointer(ckpt_dir, "latest")
-    where = f"the last good checkpoint is {ckpt_dir / tag}" if tag else "no checkpoint was saved yet"
+    try:
+        tag = checkpoint.read_pointer(ckpt_dir, "latest")
+        checkpoint.load_training_state(ckpt_dir / tag) if tag else None  # verified, or no "last good" at all
+        where = f"the last good checkpoint is {ckpt_dir / tag}" if tag else "no checkpoint was saved yet"
+    except CheckpointError as e:
+        where = f"the latest checkpoint does not verify ({e})"
     return (
         f"Stopped on every rank; nothing non-finite was saved: {where}. Resume it with --resume and a lower "
         "learning rate (optim.g.lr / optim.d.lr), or train in float32 (train.mixed_precision=no)."

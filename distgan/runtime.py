@@ -24,6 +24,7 @@ from distgan import checkpoint, config
 from distgan.dist import check_world, on_main
 from distgan.errors import ConfigError
 from distgan.files import write_atomic
+from distgan.runlock import LOCK_FILE, RunLock
 
 
 def resolve_threads(cfg: config.Config) -> int:
@@ -55,6 +56,7 @@ class Runtime:
         # accelerate turns TF32 on for compiled float32 runs on CUDA; a compiled run must compute what an eager one does
         torch.backends.cuda.matmul.allow_tf32 = tf32
         self._threads = torch.get_num_threads()
+        self.lock: RunLock | None = None  # the run folder's, taken by make_run_dir on the main process
 
     @property
     def world(self) -> int:
@@ -69,6 +71,9 @@ class Runtime:
         return self.accelerator.device
 
     def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
         torch.set_num_threads(self._threads)  # process-wide settings go back as they were (in-process callers)
         torch.set_flush_denormal(False)
         self.accelerator.end_training()  # also destroys the process group: no SIGABRT at exit under gloo
@@ -123,11 +128,22 @@ class Runtime:
             )
 
 
-def make_run_dir(cfg: config.Config, accelerator: Accelerator, resumed: Path | None = None, auto: bool = False) -> Path:
+def _refuse_used(run_dir: Path) -> None:
+    """A new run needs a folder that holds no run: nothing but its lock and an empty samples/."""
+    if not run_dir.exists():
+        return
+    used = [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not (p.name == "samples" and not any(p.iterdir()))]
+    if used:
+        raise FileExistsError(f"{run_dir} already holds a run; choose another output.name (or remove that folder)")
+
+
+def make_run_dir(cfg: config.Config, rt: Runtime, resumed: Path | None = None, auto: bool = False) -> Path:
     """The run folder, named on the main process and shared; created (never reused) by the main process,
-    except the folder of the run being resumed. ``auto`` (``--resume auto`` found no checkpoint): a named
-    folder left by an attempt that died before its first checkpoint is renamed aside, not reused.
-    ``cfg`` is written into it (atomically) as ``config.yaml``."""
+    except the folder of the run being resumed, and locked for the run's life (:mod:`distgan.runlock`:
+    one live trainer per folder) before anything in it changes. ``auto`` (``--resume auto`` found no
+    checkpoint): a named folder left by an attempt that died before its first checkpoint is renamed
+    aside, not reused. ``cfg`` is written into it (atomically) as ``config.yaml``."""
+    accelerator = rt.accelerator
     name = [cfg.output.name or f"{cfg.name}-s{cfg.train.seed}-{dt.datetime.now():%Y%m%d-%H%M%S}"]
     broadcast_object_list(name)
     run_dir = resumed if resumed is not None else Path(cfg.output.dir) / name[0]
@@ -135,21 +151,29 @@ def make_run_dir(cfg: config.Config, accelerator: Accelerator, resumed: Path | N
     def create() -> None:
         if resumed is None:
             if auto and run_dir.exists() and checkpoint.read_pointer(run_dir / "checkpoints", "latest") is None:
+                RunLock.acquire(run_dir, log=accelerator.print).release()  # its trainer is gone, not just slow
                 aside = run_dir.with_name(f"{run_dir.name}.no-checkpoint-{dt.datetime.now():%Y%m%d-%H%M%S}")
                 run_dir.rename(aside)
                 accelerator.print(
                     f"resume auto: {run_dir} never saved a checkpoint; moved it to {aside}, starting anew"
                 )
-            if run_dir.exists() and any(run_dir.iterdir()):
-                raise FileExistsError(
-                    f"{run_dir} already holds a run; choose another output.name (or remove that folder)"
-                )
+            _refuse_used(run_dir)
             try:
                 (run_dir / "samples").mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise OSError(
-                    f"cannot create the run folder {run_dir} ({e}); set output.dir to a writable folder"
+                    f"cannot create the run folder {run_dir} ({e.strerror or e}); set output.dir to a writable "
+                    "folder and a short output.name"
                 ) from None
+        if rt.lock is None:  # a resumed run's folder was locked before its checkpoint was read
+            rt.lock = RunLock.acquire(run_dir, log=accelerator.print)
+        if resumed is None:
+            try:
+                _refuse_used(run_dir)  # again, now that it is ours: another start may have filled it meanwhile
+            except FileExistsError:
+                rt.lock.release()
+                rt.lock = None
+                raise
         write_atomic(run_dir / "config.yaml", config.dump_yaml(cfg))
 
     on_main(accelerator, create)

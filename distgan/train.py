@@ -57,7 +57,7 @@ def train(cfg: config.Config, resume_from: str | None = None) -> Path:
         real_images = load_images(cfg, rt)
         schedule = Schedule.from_config(cfg, len(real_images))
         evaluator, ref = evaluate.for_training(cfg, rt.accelerator)
-        restored = resume.locate(cfg, rt.accelerator, resume_from)
+        restored = resume.locate(cfg, rt, resume_from)
         run = build(cfg, rt, schedule, real_images, restored, auto=resume_from == "auto")
         run.evaluator, run.ref = evaluator, ref
         if run.start_step >= schedule.total_steps:
@@ -104,7 +104,7 @@ def build(cfg: config.Config, rt: Runtime, schedule: Schedule, real_images: Devi
         G.load_state_dict(checkpoint.module_state(restored.model, "G"))
         D.load_state_dict(checkpoint.module_state(restored.model, "D"))
     # the run folder, once every check above has passed (a refused run leaves nothing behind)
-    run_dir = make_run_dir(cfg, acc, restored.run_dir if restored else None, auto=auto and not restored)
+    run_dir = make_run_dir(cfg, rt, restored.run_dir if restored else None, auto=auto and not restored)
     if restored is not None:
         on_main(acc, lambda: checkpoint.abandon_newer(restored.folder))
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=run_dir.name))

@@ -136,7 +136,11 @@ def _probe_global_batch_step_equals_one_process():
     acc = Accelerator()
     rank = acc.process_index
     gen = torch.Generator().manual_seed(1)
-    real, z_d, z_g = torch.rand(8, 1, 28, 28, generator=gen), torch.randn(8, 100, generator=gen), torch.randn(8, 100, generator=gen)
+    real, z_d, z_g = (
+        torch.rand(8, 1, 28, 28, generator=gen),
+        torch.randn(8, 100, generator=gen),
+        torch.randn(8, 100, generator=gen),
+    )
     real_t, fake_t = torch.rand(8, generator=gen) * 0.1 + 0.9, torch.zeros(8)
     mine = slice(4 * rank, 4 * rank + 4)
     cases = {

@@ -7,6 +7,7 @@ import ast
 import contextlib
 import dataclasses
 import hashlib
+import json
 import shutil
 import typing
 from pathlib import Path
@@ -53,6 +54,29 @@ def workspace(tmp_path_factory) -> Path:
     (bad / "no_train" / "checkpoints" / "epoch-001" / "train.safetensors").unlink()
     (bad / "bad_state" / "checkpoints" / "epoch-001" / "state.json").write_text("{not json")
     (bad / "a_file").write_text("x")
+    (bad / "repeated_section.yaml").write_text("train:\n  epochs: 3\ntrain:\n  seed: 2\n")
+    (bad / "repeated_key.yaml").write_text("train:\n  epochs: 3\n  epochs: 4\n")
+    levels = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 9))
+    (bad / "aliases.yaml").write_text("l0: &l0 [x]\n" + levels)  # 435 bytes that once expanded to 2.2 GB
+    (bad / "deep.yaml").write_text("model:\n  g_args: {hidden: " + "[" * 3000 + "]" * 3000 + "}\n")
+    (bad / "latin1.yaml").write_bytes("name: d\xe9j\xe0\n".encode("latin-1"))
+    (bad / "latin1_base.yaml").write_text("base: latin1.yaml\n")
+    (bad / "empty_base.yaml").write_text('base: ""\n')
+    # whole runs, each altered after saving in one way
+    for name in ("escape", "link", "weight", "counter"):
+        shutil.copytree(ws / "runs" / "prev", bad / name)
+    (bad / "escape" / "checkpoints" / "latest").write_text("../../../runs/prev/checkpoints/epoch-001\n")
+    link = bad / "link" / "checkpoints"
+    shutil.rmtree(link / "epoch-001")
+    (link / "epoch-001").symlink_to(ws / "runs" / "prev" / "checkpoints" / "epoch-001")
+    weights = bad / "weight" / "checkpoints" / "epoch-001" / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-3] ^= 0x40  # one bit of one weight
+    weights.write_bytes(bytes(blob))
+    state_file = bad / "counter" / "checkpoints" / "epoch-001" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["counters"]["step"] = 5
+    state_file.write_text(json.dumps(state, indent=2))
     return ws
 
 
@@ -64,6 +88,20 @@ def cases(ws: Path) -> list[tuple[str, list[str], int, str]]:
         ("malformed YAML", ["--config", str(bad / "malformed.yaml")], 2, "is not valid YAML"),
         ("YAML that is not a mapping", ["--config", str(bad / "list.yaml")], 2, "must hold a mapping"),
         ("missing config file", ["--config", str(bad / "nope.yaml")], 2, "does not exist"),
+        ("config that is a folder", ["--config", str(bad)], 2, "is a folder; give a YAML file"),
+        ("a section twice", ["--config", str(bad / "repeated_section.yaml")], 2, "the key 'train' appears twice"),
+        ("a key twice", ["--config", str(bad / "repeated_key.yaml")], 2, "the key 'epochs' appears twice"),
+        ("nested aliases", ["--config", str(bad / "aliases.yaml")], 2, "aliases (*name) are not accepted"),
+        ("3,000-deep nesting", ["--config", str(bad / "deep.yaml")], 2, "nested more than 32 levels deep"),
+        (
+            "config not UTF-8",
+            ["--config", str(bad / "latin1.yaml")],
+            2,
+            "is not UTF-8 text (first bad byte at offset 7)",
+        ),
+        ("base not UTF-8", ["--config", str(bad / "latin1_base.yaml")], 2, "latin1.yaml is not UTF-8 text"),
+        ("empty base", ["--config", str(bad / "empty_base.yaml")], 2, "'base' must name a YAML file"),
+        ("NUL in an override", [*cfg, "output.name=a\x00b"], 2, "contains a NUL character"),
         ("unknown key", [*cfg, "train.epoch=3"], 2, "Did you mean 'train.epochs'?"),
         ("unknown section", [*cfg, "trian.epochs=3"], 2, "Did you mean 'train'?"),
         ("wrong type", [*cfg, "train.epochs=three"], 2, "train.epochs: expected an integer"),
@@ -128,6 +166,30 @@ def cases(ws: Path) -> list[tuple[str, list[str], int, str]]:
             ["--resume", str(bad / "loose")],
             1,
             "not inside a run's checkpoints/",
+        ),
+        (
+            "resume: a latest pointer leading out of the run",
+            ["--resume", str(bad / "escape")],
+            1,
+            "not a checkpoint name (epoch-NNN or step-NNNNNN)",
+        ),
+        (
+            "resume: a checkpoint that is a symlink into another run",
+            ["--resume", str(bad / "link")],
+            1,
+            "is a link out of its run's checkpoints/",
+        ),
+        (
+            "resume: a weight altered after saving",
+            ["--resume", str(bad / "weight")],
+            1,
+            "model.safetensors is not the file this checkpoint saved",
+        ),
+        (
+            "resume: a counter altered after saving",
+            ["--resume", str(bad / "counter")],
+            1,
+            "state.json is not the state saved with",
         ),
         (
             "resume: another architecture",
@@ -251,3 +313,25 @@ def test_the_package_never_unpickles():
                 if node.func.attr == "save" and getattr(node.func.value, "id", "") == "torch":
                     offences.append(f"{path.name}:{node.lineno} torch.save")
     assert offences == []
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        ("weight", "model.safetensors is not the file this checkpoint saved"),
+        ("counter", "state.json is not the state saved with"),
+        ("escape", "not a checkpoint name"),
+    ],
+)
+def test_sample_and_evaluate_refuse_a_checkpoint_altered_after_saving(workspace, capsys, run, message):
+    from distgan import evaluate, sample
+
+    before = snapshot(workspace)
+    out = workspace / "out.npz"
+    assert sample.main(["--checkpoint", str(workspace / "bad" / run), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert evaluate.main(["--checkpoint", str(workspace / "bad" / run), "--num", "100"]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not out.exists() and snapshot(workspace) == before

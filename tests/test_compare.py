@@ -130,4 +130,3 @@ def test_compare_launches_its_runs_under_accelerate_as_the_readme_shows(tmp_path
     assert table(tmp_path / "r" / "table.csv")[0]["config"] == "narrow"
     again = python("distgan.compare", *args, "--launcher", launcher, timeout=600)
     assert again.returncode == 0 and again.stdout.count("reusing") == 1  # the 2-process run, by its own name
-

@@ -24,7 +24,6 @@ from distgan.errors import ConfigError, suggest
 from distgan.models.conv import ConvDiscriminator, ConvGenerator, FCConvGenerator, FullyConvGenerator
 from distgan.models.mlp import MLPDiscriminator, MLPGenerator
 
-
 NO_BIAS_BEFORE_NORM = True
 """Every Linear / conv layer that BatchNorm follows is built without a bias. BatchNorm subtracts it, in
 training and (through the running mean) in evaluation, so it computes nothing; but its gradient is

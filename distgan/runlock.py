@@ -1,0 +1,104 @@
+"""One live trainer per run folder: an exclusive lock on ``<run>/.lock``, held for the run's life.
+
+The lock is ``fcntl.flock`` on an open file: the kernel releases it when its holder exits or dies
+(kill -9 included), so a crashed run never leaves a stale lock behind; on NFS (v4, or v3 through the
+client's lock manager) and Lustre mounted with ``flock`` it is honoured across machines, which is what a
+SLURM requeue needs. The file also names its holder (host, pid, start time, command) so a refusal can say
+who holds the folder and since when. A second trainer (a requeued job whose predecessor still runs, a
+double ``--resume auto``) waits a bounded time for the holder to exit, then refuses; two writers never
+share a folder. Where the filesystem offers no locks at all, the run goes on with a warning.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from distgan.errors import DistganError
+
+LOCK_FILE = ".lock"
+WAIT_ENV = "DISTGAN_LOCK_WAIT"
+DEFAULT_WAIT_S = 60.0
+
+
+class RunInUse(DistganError):
+    """Another live trainer holds the run folder."""
+
+
+def wait_seconds() -> float:
+    """How long a second trainer waits for the folder (``DISTGAN_LOCK_WAIT`` seconds; default 60)."""
+    try:
+        return max(0.0, float(os.environ.get(WAIT_ENV, DEFAULT_WAIT_S)))
+    except ValueError:
+        return DEFAULT_WAIT_S
+
+
+class RunLock:
+    def __init__(self, run_dir: Path, fd: int | None):
+        self.run_dir, self._fd = run_dir, fd
+
+    @classmethod
+    def acquire(cls, run_dir: Path, wait: float | None = None, log=print) -> RunLock:
+        """Lock ``run_dir`` (which must exist), waiting up to ``wait`` seconds for a live holder to exit."""
+        wait = wait_seconds() if wait is None else wait
+        path = run_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline, told = time.monotonic() + wait, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    log(f"warning: {run_dir}'s filesystem offers no file locks; nothing stops a second trainer here")
+                    os.close(fd)
+                    return cls(run_dir, None)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+            holder = describe(path)
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise RunInUse(
+                    f"{run_dir} is in use by {holder}: one trainer per run folder. Wait for it to finish (or stop "
+                    f"it: it checkpoints on SIGTERM), then run the same command again; {WAIT_ENV}=SECONDS sets "
+                    f"how long to wait (now {wait:g})"
+                )
+            if not told:
+                log(f"{run_dir} is in use by {holder}; waiting up to {wait:g} s for it to exit")
+                told = True
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:500],
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        return cls(run_dir, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+def describe(path: Path) -> str:
+    """Who holds the lock file, as its holder wrote it."""
+    try:
+        h = json.loads(path.read_text())
+        return f"pid {h['pid']} on {h['host']} since {h['since']} ({h['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not written its name yet)"
