@@ -231,7 +231,7 @@ def verify(folder: Path, state: dict, model_info: dict, files: tuple[str, ...] =
     if not isinstance(recorded, dict) or model_info.get("state_sha256") != _state_digest(state):
         raise CheckpointError(f"{folder / STATE_FILE} is not the state saved with {folder / MODEL_FILE}; {hint}")
     for name in files:
-        if name in recorded and (folder / name).is_file() and _sha256_file(folder / name) != recorded[name]:
+        if (folder / name).is_file() and (name not in recorded or _sha256_file(folder / name) != recorded[name]):
             raise CheckpointError(
                 f"{folder / name} is not the file this checkpoint saved (its SHA-256 differs); {hint}"
             )

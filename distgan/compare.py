@@ -100,7 +100,7 @@ def launcher_world(launcher: list[str]) -> int:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise CompareError(f"cannot run {cmd[0]!r} ({err}); check --launcher") from None
-    found = re.findall(r"^distgan world (\d+)$", proc.stdout, re.MULTILINE)
+    found = re.findall(r"distgan world (\d+)$", proc.stdout, re.MULTILINE)  # launchers may prefix lines
     if proc.returncode or len(found) != 1:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise CompareError(f"--launcher {shlex.join(launcher)!r} did not start a working distgan: {' / '.join(tail)}")

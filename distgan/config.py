@@ -369,9 +369,12 @@ def read_yaml_file(path: Path) -> Any:
         what = "is a folder" if path.is_dir() else "does not exist"
         raise ConfigError(f"config file {path} {what}; give a YAML file (the shipped ones are in configs/)")
     try:
-        raw = path.read_bytes()[: MAX_YAML_BYTES + 1]
+        with path.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path} is over {MAX_YAML_BYTES:,} bytes; a config is a few hundred")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

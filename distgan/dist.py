@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -66,12 +67,26 @@ def check_world(accelerator: Accelerator) -> None:
             f"the launcher started {launched} processes but each one sees a world of {accelerator.num_processes} "
             f"({accelerator.distributed_type.value}): they would train {launched} separate copies. {MULTI_CPU_HINT}"
         )
-    by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ
-    if by_accelerate and "MASTER_PORT" in os.environ and "WORLD_SIZE" not in os.environ:
+    if _simple_launcher_asked_for_several():
         raise LaunchError(
             "accelerate launch was asked for several processes (--num_processes or --num_machines > 1) but "
-            "started ONE: without --multi_gpu (or GPUs) its simple launcher runs a single process. " + MULTI_CPU_HINT
+            "started ONE: without --multi_gpu (or GPUs) its simple launcher runs a single process. (Meant one "
+            "process? Unset MASTER_PORT before accelerate launch.) " + MULTI_CPU_HINT
         )
+
+
+def _simple_launcher_asked_for_several() -> bool:
+    """accelerate's simple launcher exports MASTER_PORT only when asked for several processes or machines,
+    and never WORLD_SIZE; our parent is that launcher when its command line says ``accelerate launch``
+    (checked where /proc shows it, so a plain ``python`` under an exported MASTER_PORT is never refused)."""
+    env = os.environ
+    if "MASTER_PORT" not in env or "WORLD_SIZE" in env or "ACCELERATE_MIXED_PRECISION" not in env:
+        return False
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: the environment alone decides
+    return b"launch" in parent and any(part.endswith(b"accelerate") for part in parent)
 
 
 def free_port() -> int:
@@ -166,11 +181,10 @@ def rng_states(accelerator: Accelerator) -> dict[str, Tensor]:
     return {f"rng.{k}": accelerator.gather(v.to(accelerator.device)[None]).cpu() for k, v in states.items()}
 
 
-def set_rng_states(accelerator: Accelerator, tensors: dict[str, Tensor], same_world: bool = True) -> None:
-    """Restore this rank's RNG states from :func:`rng_states`' output. Every rank holds the same states
-    (dropout masks are drawn for the global batch), so a checkpoint saved by another number of processes
-    gives every rank the states of its rank 0."""
-    rank = accelerator.process_index if same_world else 0
+def set_rng_states(accelerator: Accelerator, tensors: dict[str, Tensor]) -> None:
+    """Restore the RNG states from :func:`rng_states`' output: rank 0's on every rank, which all ranks hold
+    (dropout masks are drawn for the global batch in lockstep), whatever the world size that saved them."""
+    rank = 0
     torch.set_rng_state(tensors["rng.cpu"][rank].clone())  # a fresh tensor: set_rng_state misreads a row view
     if "rng.cuda" in tensors and accelerator.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"][rank].clone(), accelerator.device)

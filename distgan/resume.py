@@ -101,8 +101,14 @@ def find(cfg: config.Config, spec: str) -> Path | None:
     else:
         runs = sorted(out.glob(f"{cfg.name}-s{cfg.train.seed}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for run in runs:
-        tag = checkpoint.read_pointer(run / "checkpoints", "latest")
-        folder = checkpoint.tag_folder(run / "checkpoints", tag) if tag else None
+        try:
+            tag = checkpoint.read_pointer(run / "checkpoints", "latest")
+            folder = checkpoint.tag_folder(run / "checkpoints", tag) if tag else None
+        except CheckpointError as e:
+            if cfg.output.name:
+                raise
+            print(f"note: resume auto skips {run}: {e}")
+            continue
         if folder is None or not folder.is_dir():
             continue
         saved = _saved_config(folder)
@@ -168,6 +174,8 @@ def locate(cfg: config.Config, rt, spec: str | None) -> Restored | None:
             again = find(cfg, spec)
             if again is not None and again.parents[1] == run_dir:
                 return again
+            rt.lock.release()  # what we waited for is gone or elsewhere: look again, unlocked
+            rt.lock = None
             found = again
         raise CheckpointError(f"the run to resume kept changing under {cfg.output.dir}; try again")
 
@@ -264,7 +272,7 @@ def restore(
     if accelerator.scaler is not None and extra.get("scaler"):
         accelerator.scaler.load_state_dict(extra["scaler"])
     gan.d_updates, gan.g_updates, gan.skipped = c["d_updates"], c["g_updates"], dict(c["skipped_fp16_steps"])
-    set_rng_states(accelerator, restored.train, same_world=extra["world"] == accelerator.num_processes)
+    set_rng_states(accelerator, restored.train)
     accelerator.print(f"resuming {restored.folder} at step {c['step']} (epoch {c['epoch']})")
     return Counters(**{k: c[k] for k in asdict(Counters())})
 

@@ -49,23 +49,35 @@ class RunLock:
         """Lock ``run_dir`` (which must exist), waiting up to ``wait`` seconds for a live holder to exit."""
         wait = wait_seconds() if wait is None else wait
         path = run_dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline, told = time.monotonic() + wait, False
         while True:
+            if not run_dir.is_dir():
+                raise RunInUse(f"{run_dir} was moved away while this trainer waited for it; run the command again")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                    log(f"warning: {run_dir}'s filesystem offers no file locks; nothing stops a second trainer here")
+                got = _try(fd)
+                if got == "taken":
+                    if path.exists() and os.fstat(fd).st_ino == os.stat(path).st_ino:  # not renamed away meanwhile
+                        holder = {
+                            "host": socket.gethostname(),
+                            "pid": os.getpid(),
+                            "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+                            "command": " ".join(sys.argv)[:500],
+                        }
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+                        return cls(run_dir, fd)
                     os.close(fd)
-                    return cls(run_dir, None)
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    os.close(fd)
-                    raise
+                    continue
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            if got == "unsupported":
+                log(f"warning: {run_dir}'s filesystem offers no file locks; nothing stops a second trainer here")
+                return cls(run_dir, None)
             holder = describe(path)
             if time.monotonic() >= deadline:
-                os.close(fd)
                 raise RunInUse(
                     f"{run_dir} is in use by {holder}: one trainer per run folder. Wait for it to finish (or stop "
                     f"it: it checkpoints on SIGTERM), then run the same command again; {WAIT_ENV}=SECONDS sets "
@@ -75,15 +87,6 @@ class RunLock:
                 log(f"{run_dir} is in use by {holder}; waiting up to {wait:g} s for it to exit")
                 told = True
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-        holder = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "since": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv)[:500],
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        return cls(run_dir, fd)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -93,6 +96,19 @@ class RunLock:
             finally:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _try(fd: int) -> str:
+    """flock without waiting: 'taken', 'held' (elsewhere) or 'unsupported' (a filesystem without locks)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return "taken"
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return "unsupported"
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return "held"
+        raise
 
 
 def describe(path: Path) -> str:

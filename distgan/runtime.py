@@ -151,9 +151,12 @@ def make_run_dir(cfg: config.Config, rt: Runtime, resumed: Path | None = None, a
     def create() -> None:
         if resumed is None:
             if auto and run_dir.exists() and checkpoint.read_pointer(run_dir / "checkpoints", "latest") is None:
-                RunLock.acquire(run_dir, log=accelerator.print).release()  # its trainer is gone, not just slow
+                held = RunLock.acquire(run_dir, log=accelerator.print)  # its trainer is gone, not just slow
                 aside = run_dir.with_name(f"{run_dir.name}.no-checkpoint-{dt.datetime.now():%Y%m%d-%H%M%S}")
-                run_dir.rename(aside)
+                try:
+                    run_dir.rename(aside)
+                finally:
+                    held.release()
                 accelerator.print(
                     f"resume auto: {run_dir} never saved a checkpoint; moved it to {aside}, starting anew"
                 )
@@ -165,6 +168,9 @@ def make_run_dir(cfg: config.Config, rt: Runtime, resumed: Path | None = None, a
                     f"cannot create the run folder {run_dir} ({e.strerror or e}); set output.dir to a writable "
                     "folder and a short output.name"
                 ) from None
+        if rt.lock is not None and rt.lock.run_dir != run_dir:
+            rt.lock.release()
+            rt.lock = None
         if rt.lock is None:  # a resumed run's folder was locked before its checkpoint was read
             rt.lock = RunLock.acquire(run_dir, log=accelerator.print)
         if resumed is None:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from distgan import __version__, checkpoint, config, data, evaluate, models, resume
 from distgan.batches import DeviceImages, epoch_permutation, shard
 from distgan.dist import check_shards, match_grad_layout, on_main
-from distgan.errors import ConfigError, DistganError
+from distgan.errors import CheckpointError, ConfigError, DistganError
 from distgan.globalbatch import globalize
 from distgan.rng import stream_seed
 from distgan.run import Run, flush, maintain, timing, write_summary
@@ -101,8 +101,20 @@ def build(cfg: config.Config, rt: Runtime, schedule: Schedule, real_images: Devi
     if rt.world > 1:
         match_grad_layout(G, D)
     if restored is not None:
-        G.load_state_dict(checkpoint.module_state(restored.model, "G"))
-        D.load_state_dict(checkpoint.module_state(restored.model, "D"))
+        try:
+            G.load_state_dict(checkpoint.module_state(restored.model, "G"))
+            D.load_state_dict(checkpoint.module_state(restored.model, "D"))
+        except RuntimeError as e:  # missing, extra or mis-shaped tensors
+            raise CheckpointError(
+                f"{restored.folder} does not fit the models its config describes ({str(e).splitlines()[0]}). "
+                "Checkpoints saved before layers followed by BatchNorm lost their (redundant) bias cannot be "
+                "resumed by this distgan; start the run anew"
+            ) from None
+    if rt.world > 1 and any(getattr(m, "couples_batch", False) for net in (G, D) for m in net.modules()):
+        acc.print(
+            "note: minibatch std takes its statistic over each process's share of the batch: this run's "
+            f"result depends on the process count ({rt.world})"
+        )
     # the run folder, once every check above has passed (a refused run leaves nothing behind)
     run_dir = make_run_dir(cfg, rt, restored.run_dir if restored else None, auto=auto and not restored)
     if restored is not None:
