@@ -11,6 +11,7 @@ share a folder. Where the filesystem offers no locks at all, the run goes on wit
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -89,9 +90,12 @@ class RunLock:
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def release(self) -> None:
+        """Remove the lock file (while still holding it: a waiter that opened it meanwhile sees it gone
+        and opens a fresh one) and unlock; a refused or finished run leaves no lock file behind."""
         if self._fd is not None:
             try:
-                os.ftruncate(self._fd, 0)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.run_dir / LOCK_FILE)
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._fd)

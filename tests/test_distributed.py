@@ -72,9 +72,8 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     [
         ("default", 2, 32),
         ("default", 3, 32),
-        ("v4.0", 2, 32),  # BatchNorm and Dropout in G
-        ("v4.1", 2, 32),  # and Dropout in D, on a joint real + fake forward
-        ("final", 2, 32),  # the author's 40 MB G
+        ("v4.1", 2, 32),  # BatchNorm and Dropout in G, Dropout in D on a joint real + fake forward
+        ("final", 2, 32),  # the same kinds of layer in the author's 40 MB G and 5 KB D (v4.0: measured, 7.3e-7)
     ],
 )
 def test_world_size_invariance(mnist_root, tmp_path, config, nproc, per_rank):
