@@ -13,7 +13,6 @@ A checkpoint whose data, model, loss, seed, batch size or D:G steps differ from 
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,9 +76,10 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
 
 def _saved_config(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / checkpoint.STATE_FILE).read_text())["config"]
-    except (OSError, ValueError, KeyError):
+        state = checkpoint.read_state(folder)
+    except CheckpointError:
         return None
+    return state.get("config") if state is not None else None
 
 
 def find(cfg: config.Config, spec: str) -> Path | None:
