@@ -33,7 +33,8 @@ def shard(perm: Tensor, global_batch: int, world: int, rank: int) -> Tensor:
 
 
 class DeviceImages:
-    """uint8 images (N, 28, 28) held on ``device``; ``batch(idx)`` gives float (B, 1, 28, 28) in [0, 1]."""
+    """uint8 images (N, 28, 28) held on ``device``; ``batch(idx)`` gives (B, 1, 28, 28) in [0, 1], in
+    torch's default float dtype (float32 unless a caller changed it: the float64 invariance tests do)."""
 
     def __init__(self, images: Tensor, device: torch.device):
         if images.dtype != torch.uint8 or images.ndim != 3:
@@ -44,4 +45,4 @@ class DeviceImages:
         return len(self.images)
 
     def batch(self, idx: Tensor) -> Tensor:
-        return rearrange(self.images[idx], "b h w -> b 1 h w").float().div_(255.0)
+        return rearrange(self.images[idx], "b h w -> b 1 h w").to(torch.get_default_dtype()).div_(255.0)

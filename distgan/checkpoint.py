@@ -310,6 +310,16 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
             state.setdefault(int(idx), {})[key] = value
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    kinds = {frozenset(k for k, v in values.items() if torch.is_tensor(v)) for values in state.values()}
+    if state and (sorted(state) != list(range(len(params))) or len(kinds) != 1):
+        raise ValueError(f"{prefix} holds state for parameters {sorted(state)[:8]}... of {len(params)}, or not alike")
+    for idx, values in state.items():
+        for key, value in values.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != params[idx].shape:
+                raise ValueError(
+                    f"{prefix}.{idx}.{key} has shape {tuple(value.shape)}, its parameter {tuple(params[idx].shape)}"
+                )
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     opt.load_state_dict({"state": state, "param_groups": groups})
 

@@ -108,7 +108,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in float32 at least
         per_channel = x.numel() // x.shape[1]
         if per_channel * n_proc <= 1:  # every rank holds an equal share of the global batch
             raise ValueError(

@@ -13,9 +13,14 @@ A checkpoint whose data, model, loss, seed, batch size or D:G steps differ from 
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from accelerate import Accelerator
@@ -25,6 +30,7 @@ from torch import Tensor, nn
 from distgan import __version__, checkpoint, config
 from distgan.dist import on_main, set_rng_states
 from distgan.errors import CheckpointError, ConfigError
+from distgan.files import write_atomic
 from distgan.runlock import RunLock
 from distgan.steps import EMA, GANSteps
 
@@ -47,6 +53,8 @@ RESUME_IDENTITY = (
 # Under an identity section but without effect on training: the EMA's BatchNorm calibration only sets what
 # grids, evaluations and checkpoints read.
 NOT_IDENTITY = ("model.ema_bn_samples",)
+
+WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def resume_conflicts(saved: dict, current: dict) -> list[str]:
@@ -152,6 +160,46 @@ class Restored:
         return self.folder.parents[1]
 
 
+COUNTS = ("epoch", "step", "nimg", "d_updates", "g_updates", "ema_updates")
+
+
+def check_saved(saved: dict, folder: Path) -> None:
+    """Refuse a ``state.json`` whose parts a resume reads are missing or of the wrong kind (written by
+    something else, or edited and re-digested), before anything is changed."""
+
+    def refuse(what: str) -> NoReturn:
+        raise CheckpointError(
+            f"{folder / checkpoint.STATE_FILE} {what}: it was not written by this distgan or was edited; resume "
+            "from another checkpoint of the run"
+        )
+
+    if not isinstance(saved.get("config"), dict):
+        refuse("holds no config mapping")
+    c = saved.get("counters")
+    if not isinstance(c, dict):
+        refuse("holds no counters")
+    for key in COUNTS:
+        if type(c.get(key)) is not int or c[key] < 0:
+            refuse(f"has counters.{key} = {c.get(key)!r}, not a count")
+    skipped = c.get("skipped_fp16_steps")
+    if not (isinstance(skipped, dict) and all(type(skipped.get(k)) is int for k in ("d", "g"))):
+        refuse(f"has counters.skipped_fp16_steps = {skipped!r}")
+    numbers = {"train_seconds": (int, float), "best_fid": (int, float, type(None)), "metrics_bytes": (int, type(None))}
+    for key, kinds in numbers.items():
+        if key in c and (type(c[key]) not in kinds or (c[key] or 0) < 0):
+            refuse(f"has counters.{key} = {c[key]!r}")
+    if "wandb_id" in c and not (isinstance(c["wandb_id"], str) and WANDB_ID.fullmatch(c["wandb_id"])):
+        refuse(f"has counters.wandb_id = {c['wandb_id']!r}")
+    extra = saved.get("train")
+    if not isinstance(extra, dict) or not all(
+        isinstance(extra.get(k), dict)
+        and isinstance(extra[k].get("param_groups"), list)
+        and isinstance(extra[k].get("scalars"), dict)
+        for k in ("opt_g", "opt_d")
+    ):
+        refuse("holds no optimizer states (train.opt_g, train.opt_d)")
+
+
 def locate(cfg: config.Config, rt, spec: str | None) -> Restored | None:
     """The checkpoint to continue (decided by the main process for all ranks), read and checked against
     ``cfg`` before anything is written; None: start a new run. The run folder is locked first
@@ -187,9 +235,58 @@ def locate(cfg: config.Config, rt, spec: str | None) -> Restored | None:
         return None
     folder = Path(target[0])
     model_t, train_t, saved = checkpoint.load_training_state(folder)
+    check_saved(saved, folder)
     for note in check(saved["config"], cfg, folder):
         accelerator.print(f"note: {note}")
     return Restored(folder, model_t, train_t, saved)
+
+
+def set_aside(restored: Restored) -> str | None:
+    """Resuming from a checkpoint older than the run's newest work abandons that work's continuation; it is
+    kept, never erased: newer checkpoints become ``checkpoints/.abandoned-<tag>`` (see
+    :func:`checkpoint.abandon_newer`), and the ``metrics.jsonl`` rows written after this checkpoint, the
+    grids those rows name and ``summary.json`` move to ``<run>/abandoned-<UTC time>/``. Rows after the
+    newest checkpoint of a crashed run are cut without a copy: the resumed run writes them again, exactly.
+    Main process only; returns a line saying what moved (None: nothing did)."""
+    run_dir, saved = restored.run_dir, restored.saved
+    moved = checkpoint.abandon_newer(restored.folder)
+    summary = run_dir / "summary.json"
+    try:
+        finished_later = json.loads(summary.read_text())["steps"] > saved["counters"]["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        finished_later = summary.exists()
+    if not moved and not finished_later:
+        return None
+    aside = run_dir / time.strftime("abandoned-%Y%m%dT%H%M%SZ", time.gmtime())
+    while aside.exists():
+        aside = aside.with_name(aside.name + "+")
+    aside.mkdir()
+    metrics, keep = run_dir / "metrics.jsonl", saved["counters"].get("metrics_bytes")
+    rows, grids = 0, 0
+    if isinstance(keep, int) and metrics.is_file() and metrics.stat().st_size > keep:
+        with open(metrics, "rb") as f:
+            f.seek(keep)
+            tail = f.read()
+        write_atomic(aside / "metrics.jsonl", tail)
+        rows = len(tail.splitlines())
+        for line in tail.splitlines():
+            try:
+                grid = json.loads(line).get("sample")
+            except (ValueError, AttributeError):
+                continue
+            src = run_dir / str(grid) if grid else None
+            if src is not None and src.is_file() and src.resolve().is_relative_to(run_dir.resolve()):
+                (aside / grid).parent.mkdir(parents=True, exist_ok=True)
+                src.rename(aside / grid)
+                grids += 1
+        os.truncate(metrics, keep)
+    if summary.exists():
+        summary.rename(aside / "summary.json")
+    what = [f"checkpoints {', '.join(sorted(moved))} as checkpoints/.abandoned-*"] if moved else []
+    what += [
+        f"{rows} metrics.jsonl rows, {grids} grids" + (" and summary.json" if finished_later else "") + f" in {aside}"
+    ]
+    return f"resuming {restored.folder.name}: the newer work is kept, set aside ({'; '.join(what)})"
 
 
 # --------------------------------------------------------------------------- what a checkpoint holds
@@ -259,7 +356,21 @@ def snapshot(
 def restore(
     accelerator: Accelerator, restored: Restored, gan: GANSteps, ema: EMA | None, cfg: config.Config
 ) -> Counters:
-    """Load a checkpoint's optimizers, EMA, scaler, counters and RNG states; return the run's counters."""
+    """Load a checkpoint's optimizers, EMA, scaler, counters and RNG states; return the run's counters.
+    A training state that does not fit this run's models is refused (:class:`CheckpointError`)."""
+    try:
+        return _restore(accelerator, restored, gan, ema, cfg)
+    except (KeyError, IndexError, ValueError, RuntimeError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"{restored.folder}: its training state does not fit this run's models ({type(e).__name__}: "
+            f"{first[:200]}); resume from another checkpoint of this run, or start a new run"
+        ) from None
+
+
+def _restore(
+    accelerator: Accelerator, restored: Restored, gan: GANSteps, ema: EMA | None, cfg: config.Config
+) -> Counters:
     c, extra = restored.saved["counters"], restored.saved["train"]
     checkpoint.load_optimizer(gan.opt_g, restored.train, extra["opt_g"], "opt_g")
     checkpoint.load_optimizer(gan.opt_d, restored.train, extra["opt_d"], "opt_d")
@@ -274,7 +385,7 @@ def restore(
     gan.d_updates, gan.g_updates, gan.skipped = c["d_updates"], c["g_updates"], dict(c["skipped_fp16_steps"])
     set_rng_states(accelerator, restored.train)
     accelerator.print(f"resuming {restored.folder} at step {c['step']} (epoch {c['epoch']})")
-    return Counters(**{k: c[k] for k in asdict(Counters())})
+    return Counters(**{k: c[k] for k in asdict(Counters()) if k in c})
 
 
 def last_good(ckpt_dir: Path) -> str:

@@ -128,21 +128,45 @@ class Runtime:
             )
 
 
+def _used(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything but its lock and an empty samples/."""
+    if not run_dir.is_dir():
+        return run_dir.exists()
+    return any(p.name != LOCK_FILE and not (p.name == "samples" and not any(p.iterdir())) for p in run_dir.iterdir())
+
+
+def _crashed_start(run_dir: Path) -> bool:
+    """Whether ``run_dir`` was made by a start that died before its first checkpoint: distgan's own files
+    only (its config.yaml among them) and no checkpoint to resume."""
+    if not run_dir.is_dir() or checkpoint.read_pointer(run_dir / "checkpoints", "latest") is not None:
+        return False
+    names = {p.name for p in run_dir.iterdir()}
+    return "config.yaml" in names and names <= {
+        "config.yaml",
+        "metrics.jsonl",
+        "samples",
+        "wandb",
+        "checkpoints",
+        LOCK_FILE,
+    }
+
+
 def _refuse_used(run_dir: Path) -> None:
-    """A new run needs a folder that holds no run: nothing but its lock and an empty samples/."""
-    if not run_dir.exists():
-        return
-    used = [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not (p.name == "samples" and not any(p.iterdir()))]
-    if used:
-        raise FileExistsError(f"{run_dir} already holds a run; choose another output.name (or remove that folder)")
+    """A new run needs a folder that holds no run."""
+    if not run_dir.is_dir() and run_dir.exists():
+        raise FileExistsError(f"{run_dir} is a file, not a run folder; choose another output.name")
+    if _used(run_dir):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another output.name"
+        )
 
 
 def make_run_dir(cfg: config.Config, rt: Runtime, resumed: Path | None = None, auto: bool = False) -> Path:
     """The run folder, named on the main process and shared; created (never reused) by the main process,
     except the folder of the run being resumed, and locked for the run's life (:mod:`distgan.runlock`:
-    one live trainer per folder) before anything in it changes. ``auto`` (``--resume auto`` found no
-    checkpoint): a named folder left by an attempt that died before its first checkpoint is renamed
-    aside, not reused. ``cfg`` is written into it (atomically) as ``config.yaml``."""
+    one live trainer per folder) before anything in it changes. A named folder left by a start that died
+    before its first checkpoint (nothing to resume) is renamed aside, kept and not reused, so it never
+    blocks its name; with ``auto`` (``--resume auto`` found no checkpoint) so is any folder without one. ``cfg`` is written into it (atomically) as ``config.yaml``."""
     accelerator = rt.accelerator
     name = [cfg.output.name or f"{cfg.name}-s{cfg.train.seed}-{dt.datetime.now():%Y%m%d-%H%M%S}"]
     broadcast_object_list(name)
@@ -150,16 +174,16 @@ def make_run_dir(cfg: config.Config, rt: Runtime, resumed: Path | None = None, a
 
     def create() -> None:
         if resumed is None:
-            if auto and run_dir.exists() and checkpoint.read_pointer(run_dir / "checkpoints", "latest") is None:
+            if (auto and _used(run_dir) and checkpoint.read_pointer(run_dir / "checkpoints", "latest") is None) or (
+                _crashed_start(run_dir)
+            ):
                 held = RunLock.acquire(run_dir, log=accelerator.print)  # its trainer is gone, not just slow
                 aside = run_dir.with_name(f"{run_dir.name}.no-checkpoint-{dt.datetime.now():%Y%m%d-%H%M%S}")
                 try:
                     run_dir.rename(aside)
                 finally:
                     held.release()
-                accelerator.print(
-                    f"resume auto: {run_dir} never saved a checkpoint; moved it to {aside}, starting anew"
-                )
+                accelerator.print(f"{run_dir} never saved a checkpoint; moved it to {aside}, starting anew")
             _refuse_used(run_dir)
             try:
                 (run_dir / "samples").mkdir(parents=True, exist_ok=True)

@@ -105,26 +105,34 @@ def build(cfg: config.Config, rt: Runtime, schedule: Schedule, real_images: Devi
             G.load_state_dict(checkpoint.module_state(restored.model, "G"))
             D.load_state_dict(checkpoint.module_state(restored.model, "D"))
         except RuntimeError as e:  # missing, extra or mis-shaped tensors
+            detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:300]
+            old_bias = "Unexpected key(s)" in str(e) and ".bias" in str(e)
             raise CheckpointError(
-                f"{restored.folder} does not fit the models its config describes ({str(e).splitlines()[0]}). "
-                "Checkpoints saved before layers followed by BatchNorm lost their (redundant) bias cannot be "
-                "resumed by this distgan; start the run anew"
+                f"{restored.folder} does not fit the models its config describes ({detail})"
+                + (
+                    ": checkpoints saved before layers followed by BatchNorm lost their (redundant) bias cannot "
+                    "be resumed by this distgan; start the run anew"
+                    if old_bias
+                    else "; resume from another checkpoint of the run"
+                )
             ) from None
     if rt.world > 1 and any(getattr(m, "couples_batch", False) for net in (G, D) for m in net.modules()):
         acc.print(
             "note: minibatch std takes its statistic over each process's share of the batch: this run's "
             f"result depends on the process count ({rt.world})"
         )
-    # the run folder, once every check above has passed (a refused run leaves nothing behind)
-    run_dir = make_run_dir(cfg, rt, restored.run_dir if restored else None, auto=auto and not restored)
-    if restored is not None:
-        on_main(acc, lambda: checkpoint.abandon_newer(restored.folder))
-    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=run_dir.name))
     gan = GANSteps.from_config(acc, G, D, cfg, schedule.total_steps)
     nets = {"G": G, "D": D, **({"G_ema": gan.ema.model} if gan.ema else {})}
     # Dropout masks: every rank draws the global batch's mask (GlobalDropout), so every rank holds rank 0's state
     torch.manual_seed(stream_seed(cfg.train.seed, "torch", 0))
     counters = resume.Counters() if restored is None else resume.restore(acc, restored, gan, gan.ema, cfg)
+    # the run folder, once every check above has passed (a refused run leaves nothing behind)
+    run_dir = make_run_dir(cfg, rt, restored.run_dir if restored else None, auto=auto and not restored)
+    if restored is not None:
+        note = on_main(acc, lambda: resume.set_aside(restored))
+        if note:
+            acc.print(note)
+    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=run_dir.name))
     wandb_id = [counters.wandb_id]
     broadcast_object_list(wandb_id)  # one W&B run id for all ranks (only the main one logs)
     counters.wandb_id = wandb_id[0]
@@ -247,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         base = None
         if args.resume and args.resume != "auto" and args.config is None:
             _, saved = checkpoint.load(args.resume)  # the checkpoint's own config, under any overrides
-            base = saved["config"]
+            base = saved.get("config")
+            if not isinstance(base, dict):
+                raise CheckpointError(f"{args.resume} holds no config mapping to continue with; give --config")
         cfg = config.load(args.config, args.overrides, base=base)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

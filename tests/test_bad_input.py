@@ -13,11 +13,12 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from distgan import config, data
+from distgan import checkpoint, config, data
 from distgan import train as train_module
 from tests.conftest import REPO
 
@@ -73,6 +74,23 @@ def workspace(tmp_path_factory) -> Path:
     blob = bytearray(weights.read_bytes())
     blob[-3] ^= 0x40  # one bit of one weight
     weights.write_bytes(bytes(blob))
+    # whole runs whose checkpoint was re-saved with one malformed part: the digests match, the content is wrong
+    model, train, info = checkpoint.load_training_state(ckpt)
+    info = {k: v for k, v in info.items() if k != "digests"}
+    g_weight = next(k for k in model if k.startswith("G.") and model[k].dim() == 2)
+    adam = next(k for k in train if k.startswith("opt_") and train[k].dim() == 2)
+    remade = {
+        "shape": ({**model, g_weight: torch.zeros(3, 3)}, train, info),
+        "config_list": (model, train, {**info, "config": [1, 2]}),
+        "step_text": (model, train, {**info, "counters": {**info["counters"], "step": "5"}}),
+        "no_counters": (model, train, {k: v for k, v in info.items() if k != "counters"}),
+        "adam_shape": (model, {**train, adam: torch.zeros(2, 2)}, info),
+        "no_rng": (model, {k: v for k, v in train.items() if not k.startswith("rng.")}, info),
+    }
+    for name, (m, t, i) in remade.items():
+        shutil.copytree(ws / "runs" / "prev", bad / name)
+        shutil.rmtree(bad / name / "checkpoints")
+        checkpoint.save(bad / name / "checkpoints", "epoch-001", m, i, t)
     state_file = bad / "counter" / "checkpoints" / "epoch-001" / "state.json"
     state = json.loads(state_file.read_text())
     state["counters"]["step"] = 5
@@ -191,6 +209,23 @@ def cases(ws: Path) -> list[tuple[str, list[str], int, str]]:
             1,
             "state.json is not the state saved with",
         ),
+        (
+            "resume: a mis-shaped weight, re-saved",
+            ["--resume", str(bad / "shape")],
+            1,
+            "does not fit the models its config describes (size mismatch",
+        ),
+        ("resume: a stored config that is a list", ["--resume", str(bad / "config_list")], 1, "no config mapping"),
+        ("resume: the same, with --config", [*cfg, "--resume", str(bad / "config_list")], 1, "no config mapping"),
+        ("resume: a step that is text", ["--resume", str(bad / "step_text")], 1, "counters.step = '5', not a count"),
+        ("resume: no counters", ["--resume", str(bad / "no_counters")], 1, "state.json holds no counters"),
+        (
+            "resume: a mis-shaped Adam state",
+            ["--resume", str(bad / "adam_shape")],
+            1,
+            "its training state does not fit this run's models (ValueError: opt_",
+        ),
+        ("resume: no RNG state", ["--resume", str(bad / "no_rng")], 1, "(KeyError: 'rng.cpu')"),
         (
             "resume: another architecture",
             [*cfg, "model.g_args={hidden: [64], batchnorm: false}", "--resume", str(prev)],

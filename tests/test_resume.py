@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from distgan import checkpoint
 from distgan.dist import free_port
-from tests.conftest import REPO, environment, tiny_overrides
+from tests.conftest import REPO, environment, python, tiny_overrides
 from tests.conftest import run as run_command
 from tests.test_train import train as run_training
 
@@ -200,6 +200,38 @@ def test_a_save_interrupted_mid_write_leaves_a_resumable_previous_checkpoint(mni
     assert checkpoint.read_pointer(ckpts, "latest") == "epoch-002"
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB filesystem (tmpfs; needs root, as on CI): writes past it fail as a full disk does."""
+    where = tmp_path / "small"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_real_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(small_disk, tmp_path):
+    """Not a faked OSError: the checkpoint (about 19 MB with Adam's state) meets a 2 MB disk."""
+    ckpts = small_disk / "checkpoints"
+    checkpoint.save(ckpts, "epoch-001", {"w": torch.zeros(1000)}, {"config": {}, "counters": {"step": 1}})
+    with pytest.raises(
+        checkpoint.CheckpointError, match="no space left.*previous checkpoint \\(epoch-001\\) is intact"
+    ):
+        checkpoint.save(ckpts, "epoch-002", {"w": torch.zeros(1 << 20)}, {"config": {}, "counters": {"step": 2}})
+    assert checkpoint.read_pointer(ckpts, "latest") == "epoch-001" and not list(ckpts.glob(".*"))
+    checkpoint.load(ckpts / "epoch-001")  # verifies its digests
+    proc = python(
+        "distgan.train",
+        "--config",
+        "configs/default.yaml",
+        *tiny_overrides(tmp_path, "full", **{"output.dir": small_disk, "data.dataset": "synthetic"}),
+        "train.max_steps=2",
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "no space left on the device while saving" in proc.stderr and "output.dir" in proc.stderr
+
+
 def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     ckpts = tmp_path / "checkpoints"
     for i, tag in enumerate(["epoch-001", "epoch-002", "epoch-003"]):
@@ -208,6 +240,43 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     assert sorted(checkpoint.abandon_newer(ckpts / "epoch-001")) == ["epoch-002", "epoch-003"]
     assert checkpoint.read_pointer(ckpts, "latest") == "epoch-001" and checkpoint.read_pointer(ckpts, "best") is None
     assert (ckpts / ".abandoned-epoch-003" / "model.safetensors").is_file()  # kept, not deleted
+
+
+def test_resuming_an_older_checkpoint_keeps_the_newer_rows_grids_and_summary(tmp_path):
+    """The abandoned continuation's metrics rows, grids and summary move aside (byte for byte), and the
+    resumed run's metrics.jsonl holds only its own history: rows up to the checkpoint, then the new ones."""
+    syn = ["data.dataset=synthetic", "data.limit=512", "train.batch_size=128", "train.epochs=3"]
+    run = run_training(tmp_path, "r", *syn)
+    text = (run / "metrics.jsonl").read_bytes()
+    keep = json.loads((run / "checkpoints" / "epoch-001" / "state.json").read_text())["counters"]["metrics_bytes"]
+    grids = {p.name: p.read_bytes() for p in (run / "samples").glob("*.png")}
+    summary = (run / "summary.json").read_bytes()
+    proc = python("distgan.train", "--resume", str(run / "checkpoints" / "epoch-001"), "train.epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (aside,) = run.glob("abandoned-*")
+    assert (aside / "metrics.jsonl").read_bytes() == text[keep:]
+    assert {p.name: p.read_bytes() for p in (aside / "samples").glob("*.png")} == {
+        k: v for k, v in grids.items() if k in ("epoch-002.png", "epoch-003.png")
+    }
+    assert (aside / "summary.json").read_bytes() == summary
+    assert sorted(p.name for p in (run / "checkpoints").glob(".abandoned-*")) == [
+        ".abandoned-epoch-002",
+        ".abandoned-epoch-003",
+    ]
+    assert (run / "metrics.jsonl").read_bytes().startswith(text[:keep])
+    assert "the newer work is kept" in proc.stdout + proc.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4  # the resumed run's own, 1 epoch
+
+
+def test_a_start_that_died_before_its_first_checkpoint_does_not_block_its_name(tmp_path):
+    dead = tmp_path / "named"
+    (dead / "samples").mkdir(parents=True)
+    (dead / "config.yaml").write_text("x")  # what a start writes first; then it crashed
+    (dead / "metrics.jsonl").write_text("{}\n")
+    run_training(tmp_path, "named", "data.dataset=synthetic", "train.max_steps=2")
+    (aside,) = tmp_path.glob("named.no-checkpoint-*")
+    assert (aside / "config.yaml").read_text() == "x" and (aside / "metrics.jsonl").read_text() == "{}\n"
+    assert (dead / "summary.json").is_file()
 
 
 def test_resume_auto_sets_aside_a_named_run_that_never_saved(tmp_path):
