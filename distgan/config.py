@@ -438,6 +438,11 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = (), b
     return from_dict(data)
 
 
+MAX_Z_DIM = 65_536
+MAX_SAMPLES = 1_000_000  # eval.samples, model.ema_bn_samples
+MAX_NAME_BYTES = 200
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
 
@@ -463,6 +468,7 @@ def validate(cfg: Config) -> None:
     need(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     need(cfg.data.limit is None or cfg.data.limit >= 1, f"data.limit must be >= 1 or null, got {cfg.data.limit}")
     need(cfg.model.z_dim >= 1, f"model.z_dim must be >= 1, got {cfg.model.z_dim}")
+    check_sizes(cfg, need)
     for name in ("real_label", "fake_label"):
         lo, hi = getattr(cfg.loss, name)
         need(
@@ -502,7 +508,39 @@ def validate(cfg: Config) -> None:
         bool(cfg.name) and "/" not in cfg.name,
         f"name must be a non-empty word without '/', got {cfg.name!r}",
     )
+    check_names(cfg, need)
     check_registries(cfg)
+
+
+def check_sizes(cfg: Config, need) -> None:
+    """Sizes that allocate memory: refused up front, not as an out-of-memory crash after an epoch."""
+    need(cfg.model.z_dim <= MAX_Z_DIM, f"model.z_dim must be <= {MAX_Z_DIM:,}, got {cfg.model.z_dim:,}")
+    need(
+        cfg.model.ema_bn_samples <= MAX_SAMPLES,
+        f"model.ema_bn_samples must be <= {MAX_SAMPLES:,}, got {cfg.model.ema_bn_samples:,}",
+    )
+    noise_gb = cfg.model.ema_bn_samples * cfg.model.z_dim * 4 / 2**30
+    need(
+        noise_gb <= 1,
+        f"model.ema_bn_samples x model.z_dim is {noise_gb:.1f} GiB of noise (at most 1): lower ema_bn_samples",
+    )
+    need(cfg.eval.samples <= MAX_SAMPLES, f"eval.samples must be <= {MAX_SAMPLES:,}, got {cfg.eval.samples:,}")
+
+
+def check_names(cfg: Config, need) -> None:
+    """Folder names: one level, short enough for the suffixes distgan adds (a filesystem allows 255 bytes)."""
+    o = cfg.output
+    for key, value in (("name", cfg.name), ("output.name", o.name)):
+        if value is None:
+            continue
+        need(
+            value not in ("", ".", "..") and not set("/\\") & set(value),
+            f"{key} must be one folder name (no '/' or '\\', not '.' or '..'), got {value!r}",
+        )
+        need(
+            len(value.encode()) <= MAX_NAME_BYTES,
+            f"{key} is {len(value.encode())} bytes long; at most {MAX_NAME_BYTES}: choose a short name",
+        )
 
 
 def check_registries(cfg: Config) -> None:

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
@@ -318,30 +317,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the metrics as JSON here")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    if args.num < args.k + 1:
-        p.error(f"--num must be larger than --k ({args.k})")
+    from distgan import cli
     from distgan.sample import load_generator
 
     try:
+        if args.k < 1:
+            raise cli.InputError(f"--k must be >= 1 (neighbours of the precision/recall manifolds), got {args.k}")
+        cli.count(args.num, least=args.k + 1)
+        out = cli.output(args.out, (".json",)) if args.out else None
+        dev = cli.device(args.device)
         if args.checkpoint:
-            G, cfg = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
+            G, cfg = load_generator(args.checkpoint, dev, use_ema=not args.no_ema)
             dataset, root = cfg.data.dataset, args.root or cfg.data.root
             if cfg.train.threads:
                 torch.set_num_threads(cfg.train.threads)
         else:
             dataset, root = args.dataset or "mnist", args.root or "data"
-            try:
-                with np.load(args.samples) as f:
-                    images = torch.from_numpy(f["images"])
-            except (OSError, KeyError, ValueError) as e:
-                raise EvaluatorError(f"cannot read images from {args.samples} ({e}); it needs key 'images'") from None
-            if images.dtype != torch.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-                raise EvaluatorError(
-                    f"{args.samples}: expected uint8 images (N, 28, 28), got {tuple(images.shape)} {images.dtype}"
-                )
-            if len(images) <= args.k:
-                raise EvaluatorError(f"{args.samples}: {len(images)} images are too few (need more than {args.k})")
-        ev = load(dataset, root, fit_if_missing=True).to(args.device)
+            images = torch.from_numpy(cli.read_images(args.samples, least=args.k + 1))
+        ev = load(dataset, root, fit_if_missing=True).to(dev)
         ref = reference(ev, root)
         if args.checkpoint:
             result = score_generator(G, cfg.model.z_dim, ev, ref, args.num, args.seed, args.k)
@@ -351,9 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_metrics(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(out, json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            print(f"error: cannot write {out} ({e.strerror or e}); choose another --out", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -13,6 +13,7 @@ A checkpoint whose data, model, loss, seed, batch size or D:G steps differ from 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -107,7 +108,8 @@ def find(cfg: config.Config, spec: str) -> Path | None:
     if cfg.output.name:
         runs = [out / cfg.output.name]
     else:
-        runs = sorted(out.glob(f"{cfg.name}-s{cfg.train.seed}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        pattern = glob.escape(f"{cfg.name}-s{cfg.train.seed}-") + "*"  # a name may hold [, ] or *
+        runs = sorted(out.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     for run in runs:
         try:
             tag = checkpoint.read_pointer(run / "checkpoints", "latest")

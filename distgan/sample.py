@@ -11,14 +11,16 @@ safetensors (never unpickled); its own metadata says which G to build.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from distgan import checkpoint, config, images, models
+from distgan import checkpoint, cli, config, images, models
 from distgan.errors import DistganError
+from distgan.files import write_atomic
 from distgan.rng import fixed_z, stream_seed
 
 
@@ -48,17 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-ema", action="store_true", help="use the raw G even where the run kept an EMA of it")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.suffix not in (".npz", ".png"):
-        p.error("--out must end in .npz (images array) or .png (grid)")
-    if args.num < 1:
-        p.error("--num must be >= 1")
-    if args.fixed_z and args.num != 64:
-        p.error("--fixed-z draws the training grid's 64 images; leave --num out")
-    if out.suffix == ".png" and args.num % 8:
-        p.error(f"a grid needs a multiple of 8 images, got --num {args.num}")
     try:
-        G, cfg = load_generator(args.checkpoint, args.device, use_ema=not args.no_ema)
+        out = cli.output(args.out, (".npz", ".png"))
+        cli.count(args.num)
+        if args.fixed_z and args.num != 64:
+            p.error("--fixed-z draws the training grid's 64 images; leave --num out")
+        if out.suffix == ".png" and args.num % 8:
+            p.error(f"a grid needs a multiple of 8 images, got --num {args.num}")
+        G, cfg = load_generator(args.checkpoint, cli.device(args.device), use_ema=not args.no_ema)
     except DistganError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -71,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator().manual_seed(stream_seed("sample", args.seed))
         z = torch.randn(args.num, cfg.model.z_dim, generator=gen)
     imgs = images.generate(G, z)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
-        np.savez_compressed(out, images=imgs.numpy())
-    else:
-        images.save_png(images.grid(imgs), out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".npz":
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, images=imgs.numpy())
+            write_atomic(out, buffer.getvalue())
+        else:
+            images.save_png(images.grid(imgs), out)
+    except OSError as e:
+        print(f"error: cannot write {out} ({e.strerror or e}); choose another --out", file=sys.stderr)
+        return 1
     print(f"wrote {len(imgs)} images to {out}")
     return 0
 

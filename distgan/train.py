@@ -144,7 +144,7 @@ def build(cfg: config.Config, rt: Runtime, schedule: Schedule, real_images: Devi
         f"distgan {__version__}: {cfg.name} on {rt.world} x {rt.device} ({acc.distributed_type}, "
         f"{acc.mixed_precision}), {schedule.total_steps} steps of {cfg.train.batch_size} images, run folder {run_dir}"
     )
-    buffer = StepBuffer(rt.device, cfg.train.log_every)
+    buffer = StepBuffer(rt.device, min(cfg.train.log_every, schedule.total_steps))  # log_every may exceed the run
     return Run(cfg, rt, run_dir, schedule, real_images, gan, nets, log, buffer, counters, start_step=counters.step)
 
 

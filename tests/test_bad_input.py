@@ -7,11 +7,14 @@ import ast
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import shutil
 import typing
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -91,6 +94,14 @@ def workspace(tmp_path_factory) -> Path:
         shutil.copytree(ws / "runs" / "prev", bad / name)
         shutil.rmtree(bad / name / "checkpoints")
         checkpoint.save(bad / name / "checkpoints", "epoch-001", m, i, t)
+    # image files for distgan.evaluate --samples
+    with open(bad / "plain.npz", "wb") as f:  # an .npy under an .npz name
+        np.save(f, np.zeros((10, 28, 28), np.uint8))
+    np.savez(bad / "floats.npz", images=np.zeros((10, 28, 28), np.float32))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)})
+    with zipfile.ZipFile(bad / "huge.npz", "w") as archive:  # claims 730 GiB, holds a header
+        archive.writestr("images.npy", header.getvalue())  # the magic string and the header, no data
     state_file = bad / "counter" / "checkpoints" / "epoch-001" / "state.json"
     state = json.loads(state_file.read_text())
     state["counters"]["step"] = 5
@@ -131,6 +142,15 @@ def cases(ws: Path) -> list[tuple[str, list[str], int, str]]:
         ("model argument of a wrong type", [*cfg, "model.g_args={hidden: abc}"], 2, "model.g_args"),
         ("override without '='", [*cfg, "train.epochs"], 2, "must look like section.key=value"),
         ("too few evaluation samples", [*cfg, "eval.samples=2"], 2, "eval.samples must exceed"),
+        ("a 1e12-sample evaluation", [*cfg, "eval.samples=1000000000000"], 2, "eval.samples must be <= 1,000,000"),
+        ("a 1e8 latent", [*cfg, "model.z_dim=100000000"], 2, "model.z_dim must be <= 65,536"),
+        ("a 2e9-wide layer", [*cfg, "model.g_args={hidden: [2000000000]}"], 2, "parameters (25,332 GiB with gradients"),
+        ("a 0-wide layer", [*cfg, "model.g_args={hidden: [0]}"], 2, "has an empty layer"),
+        ("1e11 BatchNorm samples", [*cfg, "model.ema_bn_samples=100000000000"], 2, "model.ema_bn_samples must be <="),
+        ("noise that fills memory", [*cfg, "model.z_dim=60000"], 2, "3.7 GiB of noise (at most 1)"),
+        ("output.name that is a file", [*cfg, f"output.dir={bad}", "output.name=a_file"], 1, "is a file, not a run"),
+        ("a 300-character name", [*cfg, "output.name=" + "n" * 300], 2, "is 300 bytes long; at most 200"),
+        ("a name that is a path", [*cfg, "output.name=../elsewhere"], 2, "output.name must be one folder name"),
         (
             "unwritable output folder",
             [*cfg, f"output.dir={bad / 'a_file' / 'runs'}", "output.name=x"],
@@ -265,6 +285,91 @@ def test_bad_input_gets_a_clear_error_and_touches_nothing(workspace, capsys, cas
     assert "Traceback" not in err
     assert snapshot(workspace) == before  # no file written, changed or removed
     assert not (workspace / "runs" / "x").exists()
+
+
+def cli_cases(ws: Path) -> list[tuple[str, str, list[str], int, str]]:
+    """distgan.sample and distgan.evaluate: (case, module, argv, exit code, message)."""
+    bad, prev = ws / "bad", ws / "runs" / "prev"
+    ck = ["--checkpoint", str(prev)]
+    return [
+        (
+            "sample: 1e11 images",
+            "sample",
+            [*ck, "--num", "100000000000", "--out", str(ws / "o.npz")],
+            1,
+            "--num must lie in",
+        ),
+        ("sample: --out a folder", "sample", [*ck, "--out", str(bad)], 1, "must end in .npz or .png"),
+        (
+            "sample: --out a folder.png",
+            "sample",
+            [*ck, "--out", str(bad / "dir.png")],
+            1,
+            "is a folder; give a file name",
+        ),
+        (
+            "sample: --out under a file",
+            "sample",
+            [*ck, "--out", str(bad / "a_file" / "g.png")],
+            1,
+            "is a file, not a folder",
+        ),
+        (
+            "sample: --device banana",
+            "sample",
+            [*ck, "--out", str(ws / "g.png"), "--device", "banana"],
+            1,
+            "not a device name",
+        ),
+        (
+            "sample: --device cuda:99",
+            "sample",
+            [*ck, "--out", str(ws / "g.png"), "--device", "cuda:99"],
+            1,
+            "--device cuda:99",
+        ),
+        (
+            "sample: --out over the run's own grid",
+            "sample",
+            [*ck, "--fixed-z", "--out", str(prev / "samples" / "epoch-001.png")],
+            1,
+            "lies inside the run folder",
+        ),
+        ("evaluate: --k -2", "evaluate", [*ck, "--k", "-2"], 1, "--k must be >= 1"),
+        ("evaluate: --k 0", "evaluate", [*ck, "--k", "0"], 1, "--k must be >= 1"),
+        ("evaluate: 1e12 samples", "evaluate", [*ck, "--num", "1000000000000"], 1, "--num must lie in"),
+        (
+            "evaluate: an .npy named .npz",
+            "evaluate",
+            ["--samples", str(bad / "plain.npz")],
+            1,
+            "is not an .npz archive",
+        ),
+        ("evaluate: float images", "evaluate", ["--samples", str(bad / "floats.npz")], 1, "expected uint8 images"),
+        (
+            "evaluate: a 730 GiB header",
+            "evaluate",
+            ["--samples", str(bad / "huge.npz")],
+            1,
+            "1,000,000,000 images; give",
+        ),
+        ("evaluate: --out in a run", "evaluate", [*ck, "--out", str(prev / "m.json")], 1, "lies inside the run folder"),
+        ("evaluate: --device banana", "evaluate", [*ck, "--device", "banana"], 1, "not a device name"),
+    ]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in cli_cases(Path("/x"))])
+def test_sample_and_evaluate_refuse_bad_input_and_touch_nothing(workspace, capsys, case):
+    from distgan import evaluate, sample
+
+    (workspace / "bad" / "dir.png").mkdir(exist_ok=True)
+    _, module, argv, code, message = next(c for c in cli_cases(workspace) if c[0] == case)
+    before = snapshot(workspace)
+    main = {"sample": sample.main, "evaluate": evaluate.main}[module]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err[-2000:]
+    assert snapshot(workspace) == before
 
 
 def test_missing_or_corrupt_data_says_how_to_get_it(tmp_path, capsys, monkeypatch):

@@ -268,6 +268,20 @@ def test_resuming_an_older_checkpoint_keeps_the_newer_rows_grids_and_summary(tmp
     assert json.loads((run / "summary.json").read_text())["steps"] == 4  # the resumed run's own, 1 epoch
 
 
+def test_resume_auto_without_a_name_continues_the_newest_run_of_the_config_even_with_glob_characters(tmp_path):
+    common = ["--config", "configs/default.yaml", "name=exp[1]", "data.dataset=synthetic", "output.tracker=none"]
+    common += [f"output.dir={tmp_path}", "eval.every_epochs=0", "train.threads=1"]
+    for steps in (2, 3):  # two runs of the config; the second is the newest
+        assert python("distgan.train", *common, f"train.max_steps={steps}").returncode == 0
+        time.sleep(1.1)  # distinct timestamps in the names
+    older, newer = sorted(tmp_path.glob("exp[[]1]-s0-*"), key=lambda p: p.stat().st_mtime)
+    proc = python("distgan.train", *common, "train.max_steps=5", "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(tmp_path.iterdir()) == sorted([older, newer]), "no new run started"
+    assert checkpoint.read_pointer(newer / "checkpoints", "latest") == "step-000005"
+    assert checkpoint.read_pointer(older / "checkpoints", "latest") == "step-000002"
+
+
 def test_a_start_that_died_before_its_first_checkpoint_does_not_block_its_name(tmp_path):
     dead = tmp_path / "named"
     (dead / "samples").mkdir(parents=True)

@@ -145,6 +145,9 @@ def build_pair(model_cfg) -> tuple[nn.Module, nn.Module]:
     )
 
 
+MAX_PARAMS = 1_000_000_000  # per network: 4 GiB of float32 weights; the blog's largest is 40 MB
+
+
 def check_build(model_cfg) -> None:
     """Build both networks on the meta device (no memory, no compute): argument values of the wrong type
     or shape fail here, as a config error, not as a traceback at the start of training."""
@@ -152,7 +155,7 @@ def check_build(model_cfg) -> None:
 
     try:
         with torch.device("meta"):
-            build_pair(model_cfg)
+            nets = build_pair(model_cfg)
     except ConfigError:
         raise
     except (TypeError, ValueError, RuntimeError, IndexError, OverflowError) as e:
@@ -160,6 +163,19 @@ def check_build(model_cfg) -> None:
             f"model: {model_cfg.g} / {model_cfg.d} cannot be built from g_args={model_cfg.g_args} "
             f"d_args={model_cfg.d_args}: {e}"
         ) from None
+    for net, model in zip("gd", nets, strict=True):
+        name, args = getattr(model_cfg, net), getattr(model_cfg, f"{net}_args")
+        empty = [k for k, p in model.named_parameters() if p.numel() == 0]
+        if empty:
+            raise ConfigError(
+                f"model.{net}: {name} with {net}_args={args} has an empty layer ({empty[0]}): widths must be >= 1"
+            )
+        count = sum(p.numel() for p in model.parameters())
+        if count > MAX_PARAMS:
+            raise ConfigError(
+                f"model.{net}: {name} with {net}_args={args} has {count:,} parameters ({count * 16 / 2**30:,.0f} GiB with "
+                f"gradients and Adam's state); distgan takes at most {MAX_PARAMS:,}: check model.z_dim and the widths"
+            )
 
 
 def weight_bytes(module: nn.Module) -> int:
