@@ -46,12 +46,12 @@ train: data
 	$(PY) -m distgan.train --config $(CONFIG) $(ARGS)
 
 compare: evaluator
-	$(PY) -m distgan.compare $(COMPARE_CONFIGS) --epochs $(COMPARE_EPOCHS) --out reports/compare $(COMPARE_ARGS)
+	$(PY) -m distgan.compare $(COMPARE_CONFIGS) --epochs $(COMPARE_EPOCHS) --jobs auto --out reports/compare $(COMPARE_ARGS)
 
 # Full budgets take many hours on 2 cores (the README gives the figures); BLOG_ARGS='--seeds 0 --max-epochs 2'
 # runs the same machinery smaller. Interrupted runs resume with the same command.
 blog: evaluator
-	$(PY) -m distgan.blog --out reports/blog $(BLOG_ARGS)
+	$(PY) -m distgan.blog --jobs auto --out reports/blog $(BLOG_ARGS)
 
 # Side-by-side speed on this machine (about 9 minutes on 2 CPU cores); BENCH_ARGS='--device cuda --compile' on a GPU.
 BENCH_ARGS ?=

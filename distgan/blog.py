@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         own = version_sets(args.sets, list(budgets))
         launcher = compare.shlex.split(args.launcher)
         world = 1 if args.launcher == compare.DEFAULT_LAUNCHER else compare.launcher_world(launcher)
+        slots, threads = compare.slots_for(args.jobs, world, len(args.configs) * len(args.seeds))
         entries = []
         for path, (name, budget) in zip(args.configs, budgets.items(), strict=True):
             cfg = config.load(path, own[name])
@@ -205,11 +206,20 @@ def main(argv: list[str] | None = None) -> int:
                 cut = f"{cfg.train.max_steps} steps"
             elif epochs != budget:
                 cut = str(epochs)
-            for e in compare.plan([path], args.seeds, epochs, own[name], Path(args.runs_dir), out.name, world):
+            for e in compare.plan([path], args.seeds, epochs, own[name], Path(args.runs_dir), out.name, world, threads):
                 entries.append({**e, "cut": cut})
-        compare.train_all(entries, launcher)
+        failed = compare.train_all(entries, launcher, slots, out / "logs")
+        if failed:
+            raise CompareError(
+                f"{len(failed)} of {len(entries)} runs failed ("
+                + "; ".join(f"{e['run'].name}: exit code {e['failed']}" for e in failed)
+                + f"; logs in {out / 'logs'}); run the same command again to retry them"
+            )
         compare.read_all(entries, args.fid_threshold)
         rows = write(entries, out, args, budgets)
+    except KeyboardInterrupt:
+        print("blog: stopped; run the same command again to resume", file=sys.stderr)
+        return 130
     except DistganError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

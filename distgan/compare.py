@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distgan import checkpoint, config, stats
+from distgan import checkpoint, config, jobs, stats
 from distgan.errors import CompareError, DistganError
 
 TIMING = ("wall_s", "img_per_s")
@@ -108,16 +108,25 @@ def launcher_world(launcher: list[str]) -> int:
 
 
 def plan(
-    configs: list[str], seeds: list[int], epochs: int, sets: list[str], runs_dir: Path, group: str, world: int = 1
+    configs: list[str],
+    seeds: list[int],
+    epochs: int,
+    sets: list[str],
+    runs_dir: Path,
+    group: str,
+    world: int = 1,
+    threads: int | None = None,
 ) -> list[dict]:
     """One entry per (config, seed): its overrides, run folder and whether a finished twin exists. ``world``
     (the launcher's process count) is part of a run's identity: a 2-process comparison never reuses
-    1-process runs."""
+    1-process runs. ``threads``: each run's ``train.threads`` (runs side by side share the cores; a
+    ``--set train.threads=N`` wins), recorded in its config like any other setting."""
     out = []
     for path in configs:
         for seed in seeds:
             overrides = [
                 "eval.every_epochs=1",
+                *([f"train.threads={threads}"] if threads else []),
                 *sets,
                 f"train.epochs={epochs}",
                 f"train.seed={seed}",
@@ -137,9 +146,8 @@ def plan(
                 reuse = (run / "summary.json").is_file()
                 if reuse and json.loads((run / "summary.json").read_text()).get("world", 1) != world:
                     raise CompareError(f"{run} was trained by another number of processes; delete it and compare again")
+                # a run that never saved a checkpoint starts anew (the trainer renames its folder aside)
                 resume = not reuse and checkpoint.read_pointer(run / "checkpoints", "latest") is not None
-                if not reuse and not resume:
-                    raise CompareError(f"{run} holds a run that never saved a checkpoint; delete it and compare again")
             out.append(
                 {
                     "config": path,
@@ -147,6 +155,7 @@ def plan(
                     "seed": seed,
                     "epochs": epochs,
                     "claim": cfg.claim,
+                    "wandb": cfg.output.wandb_project if cfg.output.tracker == "wandb" else None,
                     "run": run,
                     "reuse": reuse,
                     "overrides": [*overrides, f"output.name={name}", *(["--resume", str(run)] if resume else [])],
@@ -155,22 +164,159 @@ def plan(
     return out
 
 
-def train_all(entries: list[dict], launcher: list[str]) -> None:
+def train_all(entries: list[dict], launcher: list[str], slots: list[tuple[str, ...]], logs: Path) -> list[dict]:
+    """Train every entry not reused, ``len(slots)`` at a time (:mod:`distgan.jobs`); return the entries
+    whose run failed (``failed``: the exit code). With one slot a run's output goes to this terminal, with
+    several to ``logs/<run>.log``. Ctrl-C stops every run (each saves a checkpoint) and raises
+    KeyboardInterrupt; the same command then resumes them."""
+    todo = []
     for e in entries:
         if e["reuse"]:
             print(f"compare: reusing {e['run']} (finished, same config)", flush=True)
             continue
         cmd = [*launcher, "-m", "distgan.train", "--config", e["config"], *e["overrides"]]
-        print(f"compare: {' '.join(map(shlex.quote, cmd))}", flush=True)
+        log = logs / f"{e['run'].name}.log" if len(slots) > 1 else None
+        todo.append((e, jobs.Job(e["run"].name, cmd, log)))
+    if not todo:
+        return []
+    if len(slots) > 1:
+        logs.mkdir(parents=True, exist_ok=True)
+        print(f"compare: {len(todo)} runs, {len(slots)} at a time; their output in {logs}/", flush=True)
+    jobs.run_all([j for _, j in todo], slots, print_fn=lambda line: print(line, flush=True))
+    failed = []
+    for e, job in todo:
+        if job.returncode:
+            e["failed"], e["log"] = job.returncode, job.log
+            failed.append(e)
+    return failed
+
+
+def _failure(e: dict) -> str:
+    what = e["failed"] if isinstance(e["failed"], str) else f"exit code {e['failed']}"
+    return what + (f", see {e['log']}" if e.get("log") else "")
+
+
+def slots_for(spec: str, world: int, runs: int) -> tuple[list[tuple[str, ...]], int | None]:
+    """``--jobs`` as (slots, threads per run). On GPUs one slot per ``world`` visible GPUs; on a CPU the
+    cores split between the jobs (threads None: one job, the run's own default). ``auto``: every GPU group,
+    or one job per core; never more jobs than ``runs``, but the threads follow the number asked for, so a
+    resumed comparison names its runs as before."""
+    import torch
+
+    if spec != "auto" and (not spec.isdigit() or int(spec) < 1):
+        raise CompareError(f"--jobs must be a number >= 1 or auto, got {spec!r}")
+    asked = None if spec == "auto" else int(spec)
+    if torch.cuda.is_available():
         try:
-            proc = subprocess.run(cmd, check=False)
-        except OSError as err:  # a launcher that does not exist
-            raise CompareError(f"cannot run {cmd[0]!r} ({err}); check --launcher") from None
-        if proc.returncode:
-            raise CompareError(
-                f"training {e['config']} (seed {e['seed']}) failed with exit code {proc.returncode}; "
-                f"its output is above, its run folder is {e['run']}"
-            )
+            slots = jobs.gpu_slots(asked, world)
+        except ValueError as err:
+            raise CompareError(f"--jobs: {err}") from None
+        if asked is not None and asked > len(slots):
+            raise CompareError(f"--jobs {asked}: only {len(slots)} group(s) of {world} GPU(s) are visible")
+        n = len(slots)
+    else:
+        n = asked or max(1, (os.cpu_count() or 1) // world)
+        slots = [() for _ in range(n)]
+    threads = max(1, (os.cpu_count() or 1) // (n * world)) if n > 1 else None
+    return slots[: max(1, min(n, runs))], threads
+
+
+SBATCH_ARRAY = """#!/usr/bin/env bash
+# distgan.compare --slurm: one array task per run. Each task continues its run if it exists (--resume auto
+# with the run's fixed name), so a requeued or resubmitted task resumes; pre-emption sends SIGTERM 120 s
+# before the end, and the trainer saves a checkpoint and exits (its signal path).
+#SBATCH --job-name={job}
+#SBATCH --array=0-{last}{limit}
+#SBATCH --output={logs}/%x-%A_%a.out
+#SBATCH --signal=TERM@120
+#SBATCH --requeue
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task={cpus}
+{gpus}set -euo pipefail
+cd {cwd}
+RUNS=(
+{runs}
+)
+eval "${{RUNS[$SLURM_ARRAY_TASK_ID]}}"
+"""
+
+SBATCH_REPORT = """#!/usr/bin/env bash
+# distgan.compare --slurm: the report, once every array task has ended (sbatch --dependency=afterany).
+#SBATCH --job-name={job}-report
+#SBATCH --output={logs}/%x-%j.out
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task={cpus}
+set -euo pipefail
+cd {cwd}
+{report}
+"""
+
+
+def write_slurm(
+    entries: list[dict], launcher: list[str], out: Path, argv: list[str], cpus: int, gpus: int
+) -> tuple[Path, Path]:
+    """The comparison as SLURM jobs: ``out/slurm/array.sbatch`` (task i trains entry i, ``--resume auto``)
+    and ``out/slurm/report.sbatch`` (this command without ``--slurm``, ``--report-only``)."""
+    folder = out / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for e in entries:
+        overrides = [o for o in e["overrides"] if o != "--resume" and o != str(e["run"])]
+        runs.append(
+            shlex.join([*launcher, "-m", "distgan.train", "--config", e["config"], *overrides, "--resume", "auto"])
+        )
+    given = _drop_values([a for a in argv if a != "--slurm"], ("--jobs", "--sbatch-args"))
+    report = [sys.executable, "-m", "distgan.compare", *given, "--report-only"]
+    fields = {"job": f"distgan-{out.name}", "logs": str((out / "logs").resolve()), "cpus": cpus}  # #SBATCH: no shell
+    fields["cwd"] = shlex.quote(str(Path.cwd()))
+    array = folder / "array.sbatch"
+    array.write_text(
+        SBATCH_ARRAY.format(
+            **fields,
+            last=len(entries) - 1,
+            limit="",
+            gpus=f"#SBATCH --gpus-per-task={gpus}\n" if gpus else "",
+            runs="\n".join(f"  {shlex.quote(r)}" for r in runs),
+        )
+    )
+    rep = folder / "report.sbatch"
+    rep.write_text(SBATCH_REPORT.format(**fields, report=shlex.join(report)))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    return array, rep
+
+
+def _drop_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``flags`` and their values (``--flag V`` or ``--flag=V``)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not any(a.startswith(f + "=") for f in flags):
+            kept.append(a)
+    return kept
+
+
+def submit_slurm(array: Path, report: Path, extra: list[str]) -> str:
+    """sbatch the array, then the report after it; returns what was submitted."""
+    try:
+        first = subprocess.run(["sbatch", "--parsable", *extra, str(array)], capture_output=True, text=True, check=True)
+        job = first.stdout.strip().split(";")[0]
+        second = subprocess.run(
+            ["sbatch", "--parsable", f"--dependency=afterany:{job}", *extra, str(report)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except FileNotFoundError:
+        raise CompareError(
+            f"sbatch is not on this machine; the jobs are written: sbatch {array}, then "
+            f"sbatch --dependency=afterany:<its job id> {report}"
+        ) from None
+    except subprocess.CalledProcessError as err:
+        raise CompareError(f"sbatch refused the job: {err.stderr.strip() or err.stdout.strip()}") from None
+    return f"array job {job} ({array}), report job {second.stdout.strip()} after it ({report})"
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -415,7 +561,9 @@ def plot_montage(entries: list[dict], columns: list[int] | None, path: Path) -> 
     plt.close(fig)
 
 
-def write_report(entries: list[dict], out: Path, args: argparse.Namespace) -> list[dict]:
+def write_report(
+    entries: list[dict], out: Path, args: argparse.Namespace, failed: list[dict] | None = None
+) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     table = aggregate(entries)
     _write_csv(out / "table.csv", table)
@@ -462,6 +610,16 @@ def write_report(entries: list[dict], out: Path, args: argparse.Namespace) -> li
         "",
         *[f"- `{e['run']}` ({'reused' if e['reuse'] else 'trained'}): {e['config']} seed {e['seed']}" for e in entries],
         "",
+        *(
+            [
+                "## Failed runs (not in the tables; the same command retries them)",
+                "",
+                *[f"- `{e['run']}`: {e['config']} seed {e['seed']}, {_failure(e)}" for e in failed],
+                "",
+            ]
+            if failed
+            else []
+        ),
         f"Machine: {machine}. Command: `{' '.join(map(shlex.quote, sys.argv))}`",
         "",
     ]
@@ -494,9 +652,15 @@ def add_run_arguments(p: argparse.ArgumentParser, set_metavar: str, set_help: st
         default=DEFAULT_LAUNCHER,
         help="command that runs `-m distgan.train ...`, e.g. 'accelerate launch --num_processes 2'",
     )
+    p.add_argument(
+        "--jobs",
+        default="1",
+        help="runs side by side: N or auto (one per GPU, or per group of --launcher's GPUs; on a CPU one per "
+        "core, the cores split between them as train.threads). Default 1",
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m distgan.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="+", help="config YAML files, in the order the report lists them")
     p.add_argument("--epochs", type=int, required=True, help="epochs for every run")
@@ -505,7 +669,23 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(p, "KEY=VALUE", "an override for every run, e.g. --set eval.samples=5000 (repeatable)")
     p.add_argument("--fid-threshold", type=float, default=20.0, help="the table's 'epochs to reach FID' threshold")
     p.add_argument("--montage-epochs", type=_int_list, help="montage columns (default: 4 evenly spaced epochs)")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit the runs to SLURM as one array job (a task per run) plus a report job after it, instead "
+        "of training here; the scripts are written to OUT/slurm/",
+    )
+    p.add_argument("--sbatch-args", default="", help="extra sbatch options for both jobs, e.g. '--partition gpu'")
+    p.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per array task (default 0: a CPU job)")
+    p.add_argument(
+        "--slurm-cpus", type=int, default=4, help="CPU cores per array task, its runs' train.threads (default 4)"
+    )
+    p.add_argument("--report-only", action="store_true", help="train nothing: report the runs already finished")
+    return p, p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p, args = parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
     if len(set(args.configs)) != len(args.configs):
@@ -519,12 +699,46 @@ def main(argv: list[str] | None = None) -> int:
             raise CompareError(f"--montage-epochs must lie in 1..{args.epochs}")
         launcher = shlex.split(args.launcher)
         world = 1 if args.launcher == DEFAULT_LAUNCHER else launcher_world(launcher)
-        entries = plan(args.configs, args.seeds, args.epochs, args.sets, Path(args.runs_dir), out.name, world)
+        slots, threads = slots_for(args.jobs, world, len(args.configs) * len(args.seeds))
+        if args.slurm or args.report_only:  # each run alone on its SLURM allocation
+            threads = max(1, args.slurm_cpus // world)
+        entries = plan(args.configs, args.seeds, args.epochs, args.sets, Path(args.runs_dir), out.name, world, threads)
         if len({e["name"] for e in entries}) != len(args.configs):
             raise CompareError("two configs share a name; rename one (the report names rows by config name)")
-        train_all(entries, launcher)
-        read_all(entries, args.fid_threshold)
-        table = write_report(entries, out, args)
+        if args.slurm:
+            given = sys.argv[1:] if argv is None else argv
+            array, report = write_slurm(entries, launcher, out, given, args.slurm_cpus, args.slurm_gpus)
+            print(f"compare: submitted {submit_slurm(array, report, shlex.split(args.sbatch_args))}")
+            return 0
+        if args.report_only:
+            failed = [e for e in entries if not e["reuse"]]
+            for e in failed:
+                e["failed"], e["log"] = "not finished", None
+        else:
+            failed = train_all(entries, launcher, slots, out / "logs")
+        done = [e for e in entries if "failed" not in e]
+        if done:
+            read_all(done, args.fid_threshold)
+            table = write_report(done, out, args, failed)
+            projects = {e["wandb"] for e in done if e["wandb"]}
+            if projects:  # the runs logged to W&B: one more run there holds the report
+                from distgan import tracking
+
+                pictures = {"curves": out / "curves.png", "montage": out / "montage.png"}
+                for project in sorted(projects):
+                    tracking.summary_run(out, project, out.name, table, pictures)
+        if failed:
+            raise CompareError(
+                f"{len(failed)} of {len(entries)} runs failed ("
+                + "; ".join(
+                    f"{e['run'].name}: exit code {e['failed']}" + (f", see {e['log']}" if e["log"] else "")
+                    for e in failed
+                )
+                + f"); {'the report covers the others; ' if done else ''}run the same command again to retry them"
+            )
+    except KeyboardInterrupt:
+        print("compare: stopped; run the same command again to resume", file=sys.stderr)
+        return 130
     except DistganError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

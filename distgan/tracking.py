@@ -205,3 +205,34 @@ class RunLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def summary_run(folder: Path, project: str, group: str, table: list[dict], pictures: dict[str, Path]) -> str | None:
+    """One W&B run, job type ``report``, in a comparison's group: the report's table (``W&B Table``), its
+    numbers per config in the run summary, and its pictures. Offline unless W&B is configured; a W&B that
+    fails is a warning (the report files are already written). Returns the run's folder, or None."""
+    try:
+        import wandb
+
+        mode = None if wandb_configured() else "offline"
+        run = wandb.init(
+            project=project, group=group, job_type="report", name=f"{group}-report", dir=str(folder), mode=mode
+        )
+        columns = list(table[0])
+        rows = [[r.get(c) for c in columns] for r in table]
+        run.log({"report/table": wandb.Table(columns=columns, data=rows)})
+        run.log({f"report/{name}": wandb.Image(str(path)) for name, path in pictures.items() if path.is_file()})
+        run.summary.update(
+            {
+                f"{r['config']}/{k}": v
+                for r in table
+                for k, v in r.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        where = run.dir
+        run.finish()
+        return where
+    except Exception as e:  # noqa: BLE001 (W&B can fail in many ways; the report is written regardless)
+        warnings.warn(f"W&B summary run not written ({e}); the report files are complete", stacklevel=2)
+        return None

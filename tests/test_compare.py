@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from distgan import compare
+from distgan import compare, jobs
 from distgan.dist import free_port
-from tests.conftest import python
+from tests import wandb_reader
+from tests.conftest import REPO, environment, python, run
 
 SMALL = """
 name: {name}
@@ -76,7 +80,135 @@ def test_the_same_comparison_twice_gives_the_same_tables_and_a_rerun_reuses_runs
     assert table(tmp_path / "report3" / "table.csv") == table(tmp_path / "report1" / "table.csv")
 
 
-def test_compare_resumes_interrupted_runs_and_refuses_empty_ones_missing_configs_and_bad_arguments(tmp_path):
+@pytest.mark.slow
+def test_two_jobs_at_once_interrupted_and_resumed_give_the_one_job_tables(tmp_path):
+    """--jobs 2 (1 thread per run on 2 cores, as the configs fix) against --jobs 1; the --jobs 2 comparison
+    is stopped by SIGINT mid-way (every run saves and stops; exit 130) and finished by the same command."""
+    paths = configs(tmp_path)
+    one = run_compare(paths, tmp_path / "one", tmp_path / "runs1", "--jobs", "1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    args = [
+        *paths,
+        "--epochs",
+        "2",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(tmp_path / "two"),
+        "--runs-dir",
+        str(tmp_path / "runs2"),
+    ]
+    cmd = [sys.executable, "-m", "distgan.compare", *args, "--jobs", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "runs2").glob("*/checkpoints/latest")):  # a run has saved its first epoch
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopping 2 running job(s)" in out and "run the same command again to resume" in err
+    assert len(list((tmp_path / "runs2").glob("*/summary.json"))) < 4, "the comparison stopped before its end"
+    again = run_compare(paths, tmp_path / "two", tmp_path / "runs2", "--jobs", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 at a time" in again.stdout and "4/4 done" in again.stdout
+    for name in ("table.csv", "runs.csv"):
+        assert table(tmp_path / "two" / name) == table(tmp_path / "one" / name), name
+    assert sorted(p.name for p in (tmp_path / "two" / "logs").iterdir()) == sorted(
+        f"{p.name}.log" for p in (tmp_path / "runs2").iterdir()
+    )
+
+
+@pytest.mark.slow
+def test_slurm_submits_an_array_and_a_report_job_whose_tasks_run_here(tmp_path):
+    """No cluster here: a stand-in sbatch records what it is given; then each array task runs locally with
+    SLURM's variable set, and the report job writes the report from the finished runs."""
+    paths = configs(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch-calls"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho 4242\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = [
+        *paths,
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "rep"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    sub = python("distgan.compare", *args, "--slurm", "--slurm-cpus", "1", "--sbatch-args", "--partition x", env=env)
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    assert "array job 4242" in sub.stdout and not (tmp_path / "runs").exists()  # nothing trained here
+    first, second = calls.read_text().splitlines()
+    assert first.startswith("--parsable --partition x") and first.endswith("array.sbatch")
+    assert "--dependency=afterany:4242" in second and second.endswith("report.sbatch")
+    array = (tmp_path / "rep" / "slurm" / "array.sbatch").read_text()
+    for line in ("#SBATCH --array=0-1", "#SBATCH --signal=TERM@120", "#SBATCH --requeue", "--cpus-per-task=1"):
+        assert line in array
+    tasks = [line for line in array.splitlines() if "-m distgan.train" in line]
+    assert len(tasks) == 2 and all(t.rstrip("'").endswith("--resume auto") and "train.threads=1" in t for t in tasks)
+    for task in ("0", "1"):
+        ran = run(["bash", tmp_path / "rep" / "slurm" / "array.sbatch"], env={"SLURM_ARRAY_TASK_ID": task}, timeout=600)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    again = run(["bash", tmp_path / "rep" / "slurm" / "array.sbatch"], env={"SLURM_ARRAY_TASK_ID": "0"}, timeout=600)
+    assert again.returncode == 0 and "nothing to train" in again.stdout + again.stderr  # a requeued task
+    report = run(["bash", tmp_path / "rep" / "slurm" / "report.sbatch"], timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| narrow |" in text and "| wide |" in text and "Failed runs" not in text
+
+
+@pytest.mark.slow
+def test_a_comparison_logged_to_wandb_adds_one_summary_run_with_the_table(tmp_path):
+    paths = configs(tmp_path)
+    args = [paths[0], "--epochs", "1", "--out", str(tmp_path / "rep"), "--runs-dir", str(tmp_path / "runs")]
+    proc = python("distgan.compare", *args, "--set", "output.tracker=wandb", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary,) = (tmp_path / "rep" / "wandb").glob("offline-run-*/run-*.wandb")
+    info = wandb_reader.run_info(summary)
+    assert info["group"] == "rep" and info["job_type"] == "report" and info["name"] == "rep-report"
+    logged = {k for row in wandb_reader.history(summary) for k in row}
+    assert {"report/table/_type", "report/curves/_type", "report/montage/_type"} <= logged, sorted(logged)
+    (run_file,) = (tmp_path / "runs").glob("*/wandb/offline-run-*/run-*.wandb")
+    assert wandb_reader.run_info(run_file)["group"] == "rep"  # the runs: the same group
+
+
+def test_a_failing_job_does_not_stop_the_others(tmp_path):
+    py = sys.executable
+    work = [
+        jobs.Job("fails", [py, "-c", "raise SystemExit(3)"], tmp_path / "fails.log"),
+        jobs.Job("slow", [py, "-c", "import time; time.sleep(1); print('ok')"], tmp_path / "slow.log"),
+        jobs.Job("next", [py, "-c", "print('ok')"], tmp_path / "next.log"),
+    ]
+    lines = []
+    jobs.run_all(work, [(), ()], print_fn=lines.append, poll=0.05)
+    assert [j.returncode for j in work] == [3, 0, 0]
+    assert (tmp_path / "next.log").read_text().endswith("ok\n")
+    assert any("fails failed (exit code 3)" in line for line in lines)
+    assert lines[-1].startswith("compare: 2/3 done, 0 running, 1 failed, 0 waiting")
+
+
+def test_jobs_split_the_cores_and_refuse_nonsense(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(compare.os, "cpu_count", lambda: 8)
+    assert compare.slots_for("1", 1, 10) == ([()], None)
+    assert compare.slots_for("4", 1, 10) == ([()] * 4, 2)
+    assert compare.slots_for("4", 1, 3) == ([()] * 3, 2)  # never more jobs than runs; threads as asked
+    assert compare.slots_for("auto", 1, 10) == ([()] * 8, 1)
+    assert compare.slots_for("auto", 2, 10) == ([()] * 4, 1)  # 2-process launcher: 4 jobs of 2 processes
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(compare.CompareError, match="--jobs must be a number >= 1 or auto"):
+            compare.slots_for(bad, 1, 10)
+
+
+def test_compare_resumes_interrupted_runs_restarts_empty_ones_and_refuses_missing_configs_and_bad_arguments(tmp_path):
     paths = configs(tmp_path)
     entries = compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")
     run = entries[0]["run"]
@@ -84,9 +216,9 @@ def test_compare_resumes_interrupted_runs_and_refuses_empty_ones_missing_configs
     (run / "checkpoints" / "latest").write_text("epoch-001\n")
     again = compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")
     assert again[0]["overrides"][-2:] == ["--resume", str(run)] and not again[0]["reuse"]
-    shutil.rmtree(run / "checkpoints")  # a run that never saved anything
-    with pytest.raises(compare.CompareError, match="never saved a checkpoint"):
-        compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")
+    shutil.rmtree(run / "checkpoints")  # a run stopped before its first checkpoint: started anew
+    fresh = compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")[0]
+    assert "--resume" not in fresh["overrides"] and not fresh["reuse"]
     assert compare.main([str(tmp_path / "nope.yaml"), "--epochs", "1", "--out", str(tmp_path / "r")]) == 1
     with pytest.raises(SystemExit):
         compare.main([paths[0], "--epochs", "1", "--seeds", "a,b", "--out", str(tmp_path / "r")])
