@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         launcher = compare.shlex.split(args.launcher)
         world = 1 if args.launcher == compare.DEFAULT_LAUNCHER else compare.launcher_world(launcher)
         slots, threads = compare.slots_for(args.jobs, world, len(args.configs) * len(args.seeds))
+        if world > 1 and len(slots) > 1 and "{port}" not in args.launcher:
+            raise CompareError("several multi-process runs at once need a port each: put {port} in --launcher")
         entries = []
         for path, (name, budget) in zip(args.configs, budgets.items(), strict=True):
             cfg = config.load(path, own[name])
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             raise CompareError(
                 f"{len(failed)} of {len(entries)} runs failed ("
-                + "; ".join(f"{e['run'].name}: exit code {e['failed']}" for e in failed)
+                + "; ".join(f"{e['run'].name}: {compare._failure(e)}" for e in failed)
                 + f"; logs in {out / 'logs'}); run the same command again to retry them"
             )
         compare.read_all(entries, args.fid_threshold)

@@ -333,7 +333,10 @@ def abandon_newer(folder: Path) -> list[str]:
     moved = []
     for p in ckpt_dir.iterdir():
         if p.is_dir() and TAG.match(p.name) and p != folder and _order(p) > mine:
-            p.rename(ckpt_dir / f".abandoned-{p.name}")
+            target = ckpt_dir / f".abandoned-{p.name}"
+            while target.exists():  # abandoned twice (resumed from the same older checkpoint again): keep both
+                target = target.with_name(target.name + "+")
+            p.rename(target)
             moved.append(p.name)
     if read_pointer(ckpt_dir, "best") in moved:
         (ckpt_dir / "best").unlink()

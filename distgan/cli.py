@@ -40,9 +40,9 @@ def count(value: int, flag: str = "--num", least: int = 1) -> int:
 
 
 def run_folder_of(path: Path) -> Path | None:
-    """The distgan run folder (config.yaml and checkpoints/) that ``path`` lies in, if any."""
+    """The distgan run folder (its config.yaml, metrics.jsonl and checkpoints/) that ``path`` lies in."""
     for parent in path.resolve().parents:
-        if (parent / "config.yaml").is_file() and (parent / "checkpoints").is_dir():
+        if all((parent / f).is_file() for f in ("config.yaml", "metrics.jsonl")) and (parent / "checkpoints").is_dir():
             return parent
     return None
 

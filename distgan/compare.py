@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from distgan import checkpoint, config, jobs, stats
+from distgan.dist import free_port
 from distgan.errors import CompareError, DistganError
 
 TIMING = ("wall_s", "img_per_s")
@@ -92,10 +93,16 @@ def _stored_config(run: Path) -> dict | None:
         return None
 
 
+def with_port(launcher: list[str]) -> list[str]:
+    """``launcher`` with ``{port}`` replaced by a free port (one per run started side by side)."""
+    port = str(free_port())
+    return [part.replace("{port}", port) for part in launcher]
+
+
 def launcher_world(launcher: list[str]) -> int:
     """How many processes ``launcher`` starts, asked of the launcher itself (``-m distgan.dist`` prints the
     world its processes form): a few seconds, once per comparison."""
-    cmd = [*launcher, "-m", "distgan.dist"]
+    cmd = [*with_port(launcher), "-m", "distgan.dist"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -119,14 +126,13 @@ def plan(
 ) -> list[dict]:
     """One entry per (config, seed): its overrides, run folder and whether a finished twin exists. ``world``
     (the launcher's process count) is part of a run's identity: a 2-process comparison never reuses
-    1-process runs. ``threads``: each run's ``train.threads`` (runs side by side share the cores; a
-    ``--set train.threads=N`` wins), recorded in its config like any other setting."""
+    1-process runs. ``threads``: each run's ``train.threads`` where its config leaves it unset (runs side
+    by side share the cores), recorded in its config like any other setting."""
     out = []
     for path in configs:
         for seed in seeds:
             overrides = [
                 "eval.every_epochs=1",
-                *([f"train.threads={threads}"] if threads else []),
                 *sets,
                 f"train.epochs={epochs}",
                 f"train.seed={seed}",
@@ -134,6 +140,9 @@ def plan(
                 f"output.wandb_group={group}",
             ]
             cfg = config.load(path, overrides)
+            if threads and cfg.train.threads is None:  # the config (or a --set) fixing threads wins
+                overrides.insert(1, f"train.threads={threads}")
+                cfg = config.load(path, overrides)
             ident = _identity(cfg.to_dict())
             digest = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=4).hexdigest()
             name = f"{cfg.name}-s{seed}-e{epochs}-{digest}" + (f"-w{world}" if world > 1 else "")
@@ -174,7 +183,7 @@ def train_all(entries: list[dict], launcher: list[str], slots: list[tuple[str, .
         if e["reuse"]:
             print(f"compare: reusing {e['run']} (finished, same config)", flush=True)
             continue
-        cmd = [*launcher, "-m", "distgan.train", "--config", e["config"], *e["overrides"]]
+        cmd = [*with_port(launcher), "-m", "distgan.train", "--config", e["config"], *e["overrides"]]
         log = logs / f"{e['run'].name}.log" if len(slots) > 1 else None
         todo.append((e, jobs.Job(e["run"].name, cmd, log)))
     if not todo:
@@ -199,8 +208,7 @@ def _failure(e: dict) -> str:
 def slots_for(spec: str, world: int, runs: int) -> tuple[list[tuple[str, ...]], int | None]:
     """``--jobs`` as (slots, threads per run). On GPUs one slot per ``world`` visible GPUs; on a CPU the
     cores split between the jobs (threads None: one job, the run's own default). ``auto``: every GPU group,
-    or one job per core; never more jobs than ``runs``, but the threads follow the number asked for, so a
-    resumed comparison names its runs as before."""
+    or one job per core; never more jobs than ``runs`` (the threads follow the jobs that run)."""
     import torch
 
     if spec != "auto" and (not spec.isdigit() or int(spec) < 1):
@@ -217,18 +225,19 @@ def slots_for(spec: str, world: int, runs: int) -> tuple[list[tuple[str, ...]], 
     else:
         n = asked or max(1, (os.cpu_count() or 1) // world)
         slots = [() for _ in range(n)]
+    n = max(1, min(n, runs))  # never more jobs than runs (runs is fixed by the command: names stay stable)
     threads = max(1, (os.cpu_count() or 1) // (n * world)) if n > 1 else None
-    return slots[: max(1, min(n, runs))], threads
+    return slots[:n], threads
 
 
 SBATCH_ARRAY = """#!/usr/bin/env bash
 # distgan.compare --slurm: one array task per run. Each task continues its run if it exists (--resume auto
-# with the run's fixed name), so a requeued or resubmitted task resumes; pre-emption sends SIGTERM 120 s
-# before the end, and the trainer saves a checkpoint and exits (its signal path).
+# with the run's fixed name), so a requeued (pre-empted) or resubmitted (timed-out) task resumes. SIGTERM
+# 120 s before the end goes to the batch shell (B:), which exec'd the trainer: it saves a checkpoint and exits.
 #SBATCH --job-name={job}
 #SBATCH --array=0-{last}{limit}
 #SBATCH --output={logs}/%x-%A_%a.out
-#SBATCH --signal=TERM@120
+#SBATCH --signal=B:TERM@120
 #SBATCH --requeue
 #SBATCH --ntasks=1
 #SBATCH --cpus-per-task={cpus}
@@ -237,7 +246,7 @@ cd {cwd}
 RUNS=(
 {runs}
 )
-eval "${{RUNS[$SLURM_ARRAY_TASK_ID]}}"
+eval "exec ${{RUNS[$SLURM_ARRAY_TASK_ID]}}"
 """
 
 SBATCH_REPORT = """#!/usr/bin/env bash
@@ -260,10 +269,11 @@ def write_slurm(
     folder = out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     runs = []
-    for e in entries:
+    for i, e in enumerate(entries):
         overrides = [o for o in e["overrides"] if o != "--resume" and o != str(e["run"])]
+        task_launcher = [part.replace("{port}", str(29500 + i % 20000)) for part in launcher]  # tasks may share a node
         runs.append(
-            shlex.join([*launcher, "-m", "distgan.train", "--config", e["config"], *overrides, "--resume", "auto"])
+            shlex.join([*task_launcher, "-m", "distgan.train", "--config", e["config"], *overrides, "--resume", "auto"])
         )
     given = _drop_values([a for a in argv if a != "--slurm"], ("--jobs", "--sbatch-args"))
     report = [sys.executable, "-m", "distgan.compare", *given, "--report-only"]
@@ -681,6 +691,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         "--slurm-cpus", type=int, default=4, help="CPU cores per array task, its runs' train.threads (default 4)"
     )
     p.add_argument("--report-only", action="store_true", help="train nothing: report the runs already finished")
+    p.add_argument("--world", type=int, help="processes per run (default: asked of --launcher; needed with --slurm)")
     return p, p.parse_args(argv)
 
 
@@ -698,10 +709,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.montage_epochs and not all(1 <= m <= args.epochs for m in args.montage_epochs):
             raise CompareError(f"--montage-epochs must lie in 1..{args.epochs}")
         launcher = shlex.split(args.launcher)
-        world = 1 if args.launcher == DEFAULT_LAUNCHER else launcher_world(launcher)
-        slots, threads = slots_for(args.jobs, world, len(args.configs) * len(args.seeds))
-        if args.slurm or args.report_only:  # each run alone on its SLURM allocation
-            threads = max(1, args.slurm_cpus // world)
+        if args.slurm or args.report_only:  # nothing trains here: each run alone on its SLURM allocation
+            if args.world is None and args.launcher != DEFAULT_LAUNCHER:
+                raise CompareError("with --slurm and a --launcher, give --world N (the processes each run starts)")
+            world = args.world or 1
+            slots, threads = [()], max(1, args.slurm_cpus // world)
+        else:
+            world = args.world or (1 if args.launcher == DEFAULT_LAUNCHER else launcher_world(launcher))
+            slots, threads = slots_for(args.jobs, world, len(args.configs) * len(args.seeds))
+            if world > 1 and len(slots) > 1 and "{port}" not in args.launcher:
+                raise CompareError(
+                    "several multi-process runs at once need a rendezvous port each: put {port} in --launcher, "
+                    "e.g. 'accelerate launch --num_processes 2 --main_process_port {port}'"
+                )
         entries = plan(args.configs, args.seeds, args.epochs, args.sets, Path(args.runs_dir), out.name, world, threads)
         if len({e["name"] for e in entries}) != len(args.configs):
             raise CompareError("two configs share a name; rename one (the report names rows by config name)")
@@ -730,10 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             raise CompareError(
                 f"{len(failed)} of {len(entries)} runs failed ("
-                + "; ".join(
-                    f"{e['run'].name}: exit code {e['failed']}" + (f", see {e['log']}" if e["log"] else "")
-                    for e in failed
-                )
+                + "; ".join(f"{e['run'].name}: {_failure(e)}" for e in failed)
                 + f"); {'the report covers the others; ' if done else ''}run the same command again to retry them"
             )
     except KeyboardInterrupt:

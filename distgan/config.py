@@ -519,7 +519,7 @@ def check_sizes(cfg: Config, need) -> None:
         cfg.model.ema_bn_samples <= MAX_SAMPLES,
         f"model.ema_bn_samples must be <= {MAX_SAMPLES:,}, got {cfg.model.ema_bn_samples:,}",
     )
-    noise_gb = cfg.model.ema_bn_samples * cfg.model.z_dim * 4 / 2**30
+    noise_gb = cfg.model.ema_bn_samples * cfg.model.z_dim * 4 / 2**30 if cfg.model.ema_decay else 0.0
     need(
         noise_gb <= 1,
         f"model.ema_bn_samples x model.z_dim is {noise_gb:.1f} GiB of noise (at most 1): lower ema_bn_samples",

@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.k < 1:
             raise cli.InputError(f"--k must be >= 1 (neighbours of the precision/recall manifolds), got {args.k}")
-        cli.count(args.num, least=args.k + 1)
+        if args.checkpoint:
+            cli.count(args.num, least=args.k + 1)
         out = cli.output(args.out, (".json",)) if args.out else None
         dev = cli.device(args.device)
         if args.checkpoint:

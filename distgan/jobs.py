@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+STOP_WAIT_S = 300  # a run stopping saves a checkpoint (and may finish an evaluation)
+
 
 @dataclass
 class Job:
@@ -31,11 +33,6 @@ class Job:
     slot: tuple[str, ...] = ()
     proc: subprocess.Popen | None = field(default=None, repr=False)
     started: float = 0.0
-
-
-def cpu_slots(jobs: int) -> tuple[int, list[tuple[str, ...]]]:
-    """(threads per job, ``jobs`` empty slots) on this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // jobs), [() for _ in range(jobs)]
 
 
 def gpu_slots(jobs: int | None, per_job: int) -> list[tuple[str, ...]]:
@@ -63,8 +60,9 @@ def _eta(jobs: list[Job], slots: int) -> str:
 
 def run_all(jobs: list[Job], slots: list[tuple[str, ...]], print_fn=print, poll: float = 0.5) -> list[Job]:
     """Run ``jobs`` at most ``len(slots)`` at a time, each with its slot's GPUs; return them with their exit
-    codes. A KeyboardInterrupt (Ctrl-C) or SIGTERM stops every running job with SIGTERM (the trainer saves
-    and exits), waits for them and is raised again."""
+    codes. A KeyboardInterrupt (Ctrl-C), SIGTERM or any other failure here stops every running job with
+    SIGTERM (the trainer saves and exits; SIGKILL after ``STOP_WAIT_S``), waits for them and is raised
+    again."""
     waiting, running, free = list(jobs), [], list(slots)
     last = ""
 
@@ -85,27 +83,11 @@ def run_all(jobs: list[Job], slots: list[tuple[str, ...]], print_fn=print, poll:
         while waiting or running:
             while waiting and free:
                 job, job.slot = waiting.pop(0), free.pop(0)
-                env = dict(os.environ)
-                if job.slot:
-                    env["CUDA_VISIBLE_DEVICES"] = ",".join(job.slot)
-                out = open(job.log, "a") if job.log else None  # noqa: SIM115 (closed when the job ends)
-                if out is not None:
-                    out.write(f"$ {shlex.join(job.cmd)}\n")
-                    out.flush()
-                else:
-                    print_fn(f"compare: {shlex.join(job.cmd)}")
-                try:
-                    job.proc = subprocess.Popen(job.cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
-                except OSError as err:
-                    job.returncode, job.proc = 127, None
-                    print_fn(f"compare: cannot run {job.cmd[0]!r} ({err})")
+                _start(job, print_fn)
+                if job.proc is None:
                     free.append(job.slot)
-                    continue
-                finally:
-                    if out is not None:
-                        out.close()  # the child holds its own copy
-                job.started = time.monotonic()
-                running.append(job)
+                else:
+                    running.append(job)
             status()
             time.sleep(poll)
             for job in [j for j in running if j.proc.poll() is not None]:
@@ -116,18 +98,50 @@ def run_all(jobs: list[Job], slots: list[tuple[str, ...]], print_fn=print, poll:
                     where = f"; its output: {job.log}" if job.log else ""
                     print_fn(f"compare: {job.name} failed (exit code {job.returncode}){where}")
             status()
-    except KeyboardInterrupt:
-        print_fn(f"compare: stopping {len(running)} running job(s); each saves a checkpoint, the same command resumes")
+    except BaseException:
+        alive = [j for j in running if j.proc.poll() is None]
+        print_fn(f"compare: stopping {len(alive)} running job(s); each saves a checkpoint, the same command resumes")
+        for job in alive:
+            job.proc.send_signal(signal.SIGTERM)
         for job in running:
-            if job.proc.poll() is None:
-                job.proc.send_signal(signal.SIGTERM)
-        for job in running:
-            job.returncode = job.proc.wait()
+            try:
+                job.returncode = job.proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+                job.returncode = job.proc.wait()
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return jobs
+
+
+def _start(job: Job, print_fn) -> None:
+    """Start ``job`` with its slot's GPUs; its output to its log (or this terminal). A command that cannot
+    start is a failed job (exit code 127), not an error."""
+    env = dict(os.environ)
+    if job.slot:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(job.slot)
+    try:
+        out = open(job.log, "a") if job.log else None  # noqa: SIM115 (closed below; the child keeps its copy)
+    except OSError as err:
+        job.returncode, job.proc = 127, None
+        print_fn(f"compare: cannot write {job.log} ({err})")
+        return
+    try:
+        if out is not None:
+            out.write(f"$ {shlex.join(job.cmd)}\n")
+            out.flush()
+        else:
+            print_fn(f"compare: {shlex.join(job.cmd)}")
+        job.proc = subprocess.Popen(job.cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        job.started = time.monotonic()
+    except OSError as err:
+        job.returncode, job.proc = 127, None
+        print_fn(f"compare: cannot run {job.cmd[0]!r} ({err})")
+    finally:
+        if out is not None:
+            out.close()
 
 
 def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001
@@ -138,12 +152,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def default_jobs(on_gpu: bool, gpu_groups: int) -> int:
-    """``--jobs auto``: one job per group of GPUs, or one per CPU core (single-threaded runs of small models
-    make the most of a CPU's cores)."""
-    return gpu_groups if on_gpu else max(1, os.cpu_count() or 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -162,7 +162,8 @@ class Restored:
         return self.folder.parents[1]
 
 
-COUNTS = ("epoch", "step", "nimg", "d_updates", "g_updates", "ema_updates")
+COUNTS = ("epoch", "step", "nimg", "d_updates", "g_updates")
+OPTIONAL_COUNTS = ("ema_updates",)  # older checkpoints lack it (and need it only with an EMA)
 
 
 def check_saved(saved: dict, folder: Path) -> None:
@@ -180,10 +181,10 @@ def check_saved(saved: dict, folder: Path) -> None:
     c = saved.get("counters")
     if not isinstance(c, dict):
         refuse("holds no counters")
-    for key in COUNTS:
+    for key in COUNTS + tuple(k for k in OPTIONAL_COUNTS if k in c):
         if type(c.get(key)) is not int or c[key] < 0:
             refuse(f"has counters.{key} = {c.get(key)!r}, not a count")
-    skipped = c.get("skipped_fp16_steps")
+    skipped = c.get("skipped_fp16_steps", {"d": 0, "g": 0})
     if not (isinstance(skipped, dict) and all(type(skipped.get(k)) is int for k in ("d", "g"))):
         refuse(f"has counters.skipped_fp16_steps = {skipped!r}")
     numbers = {"train_seconds": (int, float), "best_fid": (int, float, type(None)), "metrics_bytes": (int, type(None))}
@@ -282,11 +283,12 @@ def set_aside(restored: Restored) -> str | None:
                 src.rename(aside / grid)
                 grids += 1
         os.truncate(metrics, keep)
-    if summary.exists():
+    had_summary = summary.exists()
+    if had_summary:
         summary.rename(aside / "summary.json")
     what = [f"checkpoints {', '.join(sorted(moved))} as checkpoints/.abandoned-*"] if moved else []
     what += [
-        f"{rows} metrics.jsonl rows, {grids} grids" + (" and summary.json" if finished_later else "") + f" in {aside}"
+        f"{rows} metrics.jsonl rows, {grids} grids" + (" and summary.json" if had_summary else "") + f" in {aside}"
     ]
     return f"resuming {restored.folder.name}: the newer work is kept, set aside ({'; '.join(what)})"
 
@@ -384,7 +386,8 @@ def _restore(
         ema.updates = c["ema_updates"]
     if accelerator.scaler is not None and extra.get("scaler"):
         accelerator.scaler.load_state_dict(extra["scaler"])
-    gan.d_updates, gan.g_updates, gan.skipped = c["d_updates"], c["g_updates"], dict(c["skipped_fp16_steps"])
+    gan.d_updates, gan.g_updates = c["d_updates"], c["g_updates"]
+    gan.skipped = dict(c.get("skipped_fp16_steps", {"d": 0, "g": 0}))
     set_rng_states(accelerator, restored.train)
     accelerator.print(f"resuming {restored.folder} at step {c['step']} (epoch {c['epoch']})")
     return Counters(**{k: c[k] for k in asdict(Counters()) if k in c})

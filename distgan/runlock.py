@@ -45,6 +45,11 @@ class RunLock:
     def __init__(self, run_dir: Path, fd: int | None):
         self.run_dir, self._fd = run_dir, fd
 
+    @property
+    def exclusive(self) -> bool:
+        """False where the filesystem offers no locks (the lock then proves nothing)."""
+        return self._fd is not None
+
     @classmethod
     def acquire(cls, run_dir: Path, wait: float | None = None, log=print) -> RunLock:
         """Lock ``run_dir`` (which must exist), waiting up to ``wait`` seconds for a live holder to exit."""

@@ -132,7 +132,10 @@ def _used(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds anything but its lock and an empty samples/."""
     if not run_dir.is_dir():
         return run_dir.exists()
-    return any(p.name != LOCK_FILE and not (p.name == "samples" and not any(p.iterdir())) for p in run_dir.iterdir())
+    return any(
+        p.name != LOCK_FILE and not (p.name == "samples" and p.is_dir() and not any(p.iterdir()))
+        for p in run_dir.iterdir()
+    )
 
 
 def _crashed_start(run_dir: Path) -> bool:
@@ -174,16 +177,22 @@ def make_run_dir(cfg: config.Config, rt: Runtime, resumed: Path | None = None, a
 
     def create() -> None:
         if resumed is None:
-            if (auto and _used(run_dir) and checkpoint.read_pointer(run_dir / "checkpoints", "latest") is None) or (
-                _crashed_start(run_dir)
-            ):
+
+            def dead_start() -> bool:
+                if auto and run_dir.is_dir() and _used(run_dir):
+                    return checkpoint.read_pointer(run_dir / "checkpoints", "latest") is None
+                return _crashed_start(run_dir)
+
+            if dead_start():
                 held = RunLock.acquire(run_dir, log=accelerator.print)  # its trainer is gone, not just slow
-                aside = run_dir.with_name(f"{run_dir.name}.no-checkpoint-{dt.datetime.now():%Y%m%d-%H%M%S}")
                 try:
-                    run_dir.rename(aside)
+                    if held.exclusive and dead_start():  # again under the lock: it may have saved since
+                        aside = run_dir.with_name(f"{run_dir.name}.no-checkpoint-{dt.datetime.now():%Y%m%d-%H%M%S}")
+                        run_dir.rename(aside)
+                        held.run_dir = aside  # the lock file moved with its folder
+                        accelerator.print(f"{run_dir} never saved a checkpoint; moved it to {aside}, starting anew")
                 finally:
                     held.release()
-                accelerator.print(f"{run_dir} never saved a checkpoint; moved it to {aside}, starting anew")
             _refuse_used(run_dir)
             try:
                 (run_dir / "samples").mkdir(parents=True, exist_ok=True)

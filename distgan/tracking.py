@@ -8,6 +8,7 @@ start is a warning, and the run goes on with its local files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import netrc
@@ -211,6 +212,7 @@ def summary_run(folder: Path, project: str, group: str, table: list[dict], pictu
     """One W&B run, job type ``report``, in a comparison's group: the report's table (``W&B Table``), its
     numbers per config in the run summary, and its pictures. Offline unless W&B is configured; a W&B that
     fails is a warning (the report files are already written). Returns the run's folder, or None."""
+    run = None
     try:
         import wandb
 
@@ -235,4 +237,7 @@ def summary_run(folder: Path, project: str, group: str, table: list[dict], pictu
         return where
     except Exception as e:  # noqa: BLE001 (W&B can fail in many ways; the report is written regardless)
         warnings.warn(f"W&B summary run not written ({e}); the report files are complete", stacklevel=2)
+        if run is not None:
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
         return None

@@ -148,10 +148,10 @@ def test_slurm_submits_an_array_and_a_report_job_whose_tasks_run_here(tmp_path):
     assert first.startswith("--parsable --partition x") and first.endswith("array.sbatch")
     assert "--dependency=afterany:4242" in second and second.endswith("report.sbatch")
     array = (tmp_path / "rep" / "slurm" / "array.sbatch").read_text()
-    for line in ("#SBATCH --array=0-1", "#SBATCH --signal=TERM@120", "#SBATCH --requeue", "--cpus-per-task=1"):
+    for line in ("#SBATCH --array=0-1", "#SBATCH --signal=B:TERM@120", "#SBATCH --requeue", "--cpus-per-task=1"):
         assert line in array
     tasks = [line for line in array.splitlines() if "-m distgan.train" in line]
-    assert len(tasks) == 2 and all(t.rstrip("'").endswith("--resume auto") and "train.threads=1" in t for t in tasks)
+    assert len(tasks) == 2 and all(t.rstrip("'").endswith("--resume auto") for t in tasks)
     for task in ("0", "1"):
         ran = run(["bash", tmp_path / "rep" / "slurm" / "array.sbatch"], env={"SLURM_ARRAY_TASK_ID": task}, timeout=600)
         assert ran.returncode == 0, ran.stderr[-3000:]
@@ -193,6 +193,15 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path):
     assert lines[-1].startswith("compare: 2/3 done, 0 running, 1 failed, 0 waiting")
 
 
+def test_runs_side_by_side_get_their_share_of_threads_unless_the_config_fixes_it(tmp_path):
+    shared = compare.plan(["configs/default.yaml"], [0], 1, [], tmp_path, "g", threads=3)[0]["overrides"]
+    assert "train.threads=3" in shared
+    fixed = compare.plan(["configs/default.yaml"], [0], 1, ["train.threads=2"], tmp_path, "g", threads=3)[0]
+    assert "train.threads=3" not in fixed["overrides"] and "train.threads=2" in fixed["overrides"]
+    own = compare.plan(configs(tmp_path)[:1], [0], 1, [], tmp_path, "g", threads=3)[0]["overrides"]
+    assert not any(o.startswith("train.threads") for o in own)  # the config says threads: 1
+
+
 def test_jobs_split_the_cores_and_refuse_nonsense(monkeypatch):
     import torch
 
@@ -200,7 +209,7 @@ def test_jobs_split_the_cores_and_refuse_nonsense(monkeypatch):
     monkeypatch.setattr(compare.os, "cpu_count", lambda: 8)
     assert compare.slots_for("1", 1, 10) == ([()], None)
     assert compare.slots_for("4", 1, 10) == ([()] * 4, 2)
-    assert compare.slots_for("4", 1, 3) == ([()] * 3, 2)  # never more jobs than runs; threads as asked
+    assert compare.slots_for("4", 1, 3) == ([()] * 3, 2)  # never more jobs than runs, the cores among them
     assert compare.slots_for("auto", 1, 10) == ([()] * 8, 1)
     assert compare.slots_for("auto", 2, 10) == ([()] * 4, 1)  # 2-process launcher: 4 jobs of 2 processes
     for bad in ("0", "-1", "x"):

@@ -251,7 +251,7 @@ def test_resuming_an_older_checkpoint_keeps_the_newer_rows_grids_and_summary(tmp
     keep = json.loads((run / "checkpoints" / "epoch-001" / "state.json").read_text())["counters"]["metrics_bytes"]
     grids = {p.name: p.read_bytes() for p in (run / "samples").glob("*.png")}
     summary = (run / "summary.json").read_bytes()
-    proc = python("distgan.train", "--resume", str(run / "checkpoints" / "epoch-001"), "train.epochs=1")
+    proc = python("distgan.train", "--resume", str(run / "checkpoints" / "epoch-001"), "train.epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (aside,) = run.glob("abandoned-*")
     assert (aside / "metrics.jsonl").read_bytes() == text[keep:]
@@ -263,9 +263,10 @@ def test_resuming_an_older_checkpoint_keeps_the_newer_rows_grids_and_summary(tmp
         ".abandoned-epoch-002",
         ".abandoned-epoch-003",
     ]
-    assert (run / "metrics.jsonl").read_bytes().startswith(text[:keep])
+    now = (run / "metrics.jsonl").read_bytes()
+    assert now[:keep] == text[:keep] and b'"epoch": 2' in now[keep:] and b'"epoch": 3' not in now[keep:]
     assert "the newer work is kept" in proc.stdout + proc.stderr
-    assert json.loads((run / "summary.json").read_text())["steps"] == 4  # the resumed run's own, 1 epoch
+    assert json.loads((run / "summary.json").read_text())["steps"] == 8  # the resumed run's own: 2 epochs
 
 
 def test_resume_auto_without_a_name_continues_the_newest_run_of_the_config_even_with_glob_characters(tmp_path):

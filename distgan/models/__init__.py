@@ -14,6 +14,7 @@ A layer followed by BatchNorm has no bias (:data:`NO_BIAS_BEFORE_NORM`).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,8 @@ def check_build(model_cfg) -> None:
     import torch
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a zero-width layer's warning: refused below, in words
             nets = build_pair(model_cfg)
     except ConfigError:
         raise
