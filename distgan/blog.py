@@ -196,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         own = version_sets(args.sets, list(budgets))
         launcher = compare.shlex.split(args.launcher)
         world = 1 if args.launcher == compare.DEFAULT_LAUNCHER else compare.launcher_world(launcher)
-        slots, threads = compare.slots_for(args.jobs, world, len(args.configs) * len(args.seeds))
-        if world > 1 and len(slots) > 1 and "{port}" not in args.launcher:
-            raise CompareError("several multi-process runs at once need a port each: put {port} in --launcher")
+        slots, threads = compare.slots_for(args.jobs, world, len(args.configs) * len(args.seeds), args.launcher)
         entries = []
         for path, (name, budget) in zip(args.configs, budgets.items(), strict=True):
             cfg = config.load(path, own[name])
@@ -212,11 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 entries.append({**e, "cut": cut})
         failed = compare.train_all(entries, launcher, slots, out / "logs")
         if failed:
-            raise CompareError(
-                f"{len(failed)} of {len(entries)} runs failed ("
-                + "; ".join(f"{e['run'].name}: {compare._failure(e)}" for e in failed)
-                + f"; logs in {out / 'logs'}); run the same command again to retry them"
-            )
+            raise CompareError(compare.failures(failed, len(entries), covered=False))
         compare.read_all(entries, args.fid_threshold)
         rows = write(entries, out, args, budgets)
     except KeyboardInterrupt:

@@ -38,6 +38,7 @@ from distgan import checkpoint, config, jobs, stats
 from distgan.dist import free_port
 from distgan.errors import CompareError, DistganError
 
+DEFAULT_LAUNCHER = shlex.quote(sys.executable)  # plain python -m distgan.train: one process
 TIMING = ("wall_s", "img_per_s")
 METRICS = (
     "final_fid",
@@ -205,10 +206,20 @@ def _failure(e: dict) -> str:
     return what + (f", see {e['log']}" if e.get("log") else "")
 
 
-def slots_for(spec: str, world: int, runs: int) -> tuple[list[tuple[str, ...]], int | None]:
+def failures(failed: list[dict], total: int, covered: bool) -> str:
+    """The one line that ends a comparison in which runs failed (``covered``: the report has the rest)."""
+    listed = "; ".join(f"{e['run'].name}: {_failure(e)}" for e in failed)
+    rest = "the report covers the others; " if covered else ""
+    return f"{len(failed)} of {total} runs failed ({listed}); {rest}run the same command again to retry them"
+
+
+def slots_for(
+    spec: str, world: int, runs: int, launcher: str = DEFAULT_LAUNCHER
+) -> tuple[list[tuple[str, ...]], int | None]:
     """``--jobs`` as (slots, threads per run). On GPUs one slot per ``world`` visible GPUs; on a CPU the
     cores split between the jobs (threads None: one job, the run's own default). ``auto``: every GPU group,
-    or one job per core; never more jobs than ``runs`` (the threads follow the jobs that run)."""
+    or one job per core; never more jobs than ``runs`` (the threads follow the jobs that run). Several
+    multi-process runs at once need ``{port}`` in ``launcher`` (a rendezvous port each)."""
     import torch
 
     if spec != "auto" and (not spec.isdigit() or int(spec) < 1):
@@ -226,6 +237,11 @@ def slots_for(spec: str, world: int, runs: int) -> tuple[list[tuple[str, ...]], 
         n = asked or max(1, (os.cpu_count() or 1) // world)
         slots = [() for _ in range(n)]
     n = max(1, min(n, runs))  # never more jobs than runs (runs is fixed by the command: names stay stable)
+    if world > 1 and n > 1 and "{port}" not in launcher:
+        raise CompareError(
+            "several multi-process runs at once need a rendezvous port each: put {port} in --launcher, "
+            "e.g. 'accelerate launch --num_processes 2 --main_process_port {port}'"
+        )
     threads = max(1, (os.cpu_count() or 1) // (n * world)) if n > 1 else None
     return slots[:n], threads
 
@@ -650,9 +666,6 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-DEFAULT_LAUNCHER = shlex.quote(sys.executable)
-
-
 def add_run_arguments(p: argparse.ArgumentParser, set_metavar: str, set_help: str) -> None:
     """--runs-dir, --set and --launcher: how runs are made, shared with ``distgan.blog``."""
     p.add_argument("--runs-dir", default="runs", help="where runs are made and looked up for reuse (default runs)")
@@ -716,12 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             slots, threads = [()], max(1, args.slurm_cpus // world)
         else:
             world = args.world or (1 if args.launcher == DEFAULT_LAUNCHER else launcher_world(launcher))
-            slots, threads = slots_for(args.jobs, world, len(args.configs) * len(args.seeds))
-            if world > 1 and len(slots) > 1 and "{port}" not in args.launcher:
-                raise CompareError(
-                    "several multi-process runs at once need a rendezvous port each: put {port} in --launcher, "
-                    "e.g. 'accelerate launch --num_processes 2 --main_process_port {port}'"
-                )
+            slots, threads = slots_for(args.jobs, world, len(args.configs) * len(args.seeds), args.launcher)
         entries = plan(args.configs, args.seeds, args.epochs, args.sets, Path(args.runs_dir), out.name, world, threads)
         if len({e["name"] for e in entries}) != len(args.configs):
             raise CompareError("two configs share a name; rename one (the report names rows by config name)")
@@ -748,11 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                 for project in sorted(projects):
                     tracking.summary_run(out, project, out.name, table, pictures)
         if failed:
-            raise CompareError(
-                f"{len(failed)} of {len(entries)} runs failed ("
-                + "; ".join(f"{e['run'].name}: {_failure(e)}" for e in failed)
-                + f"); {'the report covers the others; ' if done else ''}run the same command again to retry them"
-            )
+            raise CompareError(failures(failed, len(entries), covered=bool(done)))
     except KeyboardInterrupt:
         print("compare: stopped; run the same command again to resume", file=sys.stderr)
         return 130
