@@ -211,7 +211,10 @@ def test_jobs_split_the_cores_and_refuse_nonsense(monkeypatch):
     assert compare.slots_for("4", 1, 10) == ([()] * 4, 2)
     assert compare.slots_for("4", 1, 3) == ([()] * 3, 2)  # never more jobs than runs, the cores among them
     assert compare.slots_for("auto", 1, 10) == ([()] * 8, 1)
-    assert compare.slots_for("auto", 2, 10, "launch --port {port}") == ([()] * 4, 1)  # 2-process launcher: 4 jobs of 2 processes
+    assert compare.slots_for("auto", 2, 10, "launch --port {port}") == (
+        [()] * 4,
+        1,
+    )  # 2-process launcher: 4 jobs of 2 processes
     for bad in ("0", "-1", "x"):
         with pytest.raises(compare.CompareError, match="--jobs must be a number >= 1 or auto"):
             compare.slots_for(bad, 1, 10)
