@@ -22,17 +22,17 @@ from tests.conftest import run as run_command
 from tests.test_train import train as run_training
 
 # MNIST subset, an MLP G with BatchNorm and Dropout (so RNG state matters), EMA, evaluation every 2 epochs:
-# every piece of state a resume must restore. 4 epochs of 128 steps.
+# every piece of state a resume must restore. 4 epochs of 64 steps.
 SETUP = [
     "--config",
     "configs/default.yaml",
-    "data.limit=8192",
+    "data.limit=4096",
     "model.g_args={hidden: [128, 256], batchnorm: true, dropout: 0.3}",
     "model.d_args={hidden: [256, 128]}",
     "train.epochs=4",
     "train.batch_size=64",
     "train.log_every=16",
-    "eval.samples=500",
+    "eval.samples=256",
     "output.keep_checkpoints=0",
 ]
 TIMING = {"seconds", "img_per_s"}
@@ -96,27 +96,34 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert len(ra) == len(rb) and ra == rb
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory, mnist_root) -> dict[int, Path]:
-    """The uninterrupted 4-epoch runs, on 1 and on 2 processes."""
-    base = tmp_path_factory.mktemp("straight")
-    out = {}
-    for nproc in (1, 2):
-        proc = run(base, f"straight{nproc}", nproc)
+class Straight(dict):
+    """The uninterrupted 4-epoch run on N processes, trained once when a test first asks for it."""
+
+    def __init__(self, base: Path):
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, nproc: int) -> Path:
+        proc = run(self.base, f"straight{nproc}", nproc)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        out[nproc] = base / f"straight{nproc}"
-    return out
+        self[nproc] = self.base / f"straight{nproc}"
+        return self[nproc]
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, mnist_root) -> Straight:
+    return Straight(tmp_path_factory.mktemp("straight"))
+
+
 @pytest.mark.real_data
-@pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.slow), 2])  # make test: 2 processes
 def test_kill_9_after_a_checkpoint_then_resume_is_bitwise_the_straight_run(straight, tmp_path, nproc):
+    reference = straight[nproc]
     proc = start(tmp_path, "killed", nproc)
     run_dir = tmp_path / "killed"
     wait_for_checkpoint(proc, run_dir, "epoch-002")
     epoch_seconds = json.loads(
-        [r for r in (straight[nproc] / "metrics.jsonl").read_text().splitlines() if '"epoch_end"' in r][0]
+        [r for r in (reference / "metrics.jsonl").read_text().splitlines() if '"epoch_end"' in r][0]
     )["seconds"]
     time.sleep(random.uniform(0, 1.5 * epoch_seconds))  # a random moment in epoch 3 or 4
     os.killpg(proc.pid, signal.SIGKILL)
@@ -125,7 +132,7 @@ def test_kill_9_after_a_checkpoint_then_resume_is_bitwise_the_straight_run(strai
     resumed = run(tmp_path, "killed", nproc, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout + resumed.stderr
-    assert_same_training(straight[nproc], run_dir)
+    assert_same_training(reference, run_dir)
 
 
 @pytest.mark.slow
@@ -133,6 +140,7 @@ def test_kill_9_after_a_checkpoint_then_resume_is_bitwise_the_straight_run(strai
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(straight, tmp_path, nproc):
     """As SLURM pre-empts: SIGTERM to every process of the job (the launcher and its ranks)."""
+    reference = straight[nproc]
     proc = start(tmp_path, "term", nproc)
     run_dir = tmp_path / "term"
     wait_for_checkpoint(proc, run_dir, "epoch-001")
@@ -148,7 +156,7 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(straight, tmp_path, npr
     assert len(stops) == 1 and stops[0]["checkpoint"] == f"checkpoints/{tag}"
     resumed = run(tmp_path, "term", nproc, "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_training(straight[nproc], run_dir)
+    assert_same_training(reference, run_dir)
 
 
 @pytest.mark.real_data

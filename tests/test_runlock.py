@@ -42,7 +42,6 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
 def test_a_second_trainer_is_refused_while_the_first_lives_and_a_waiting_one_takes_over(tmp_path):
     run = tmp_path / "r"
     first, third = start(tmp_path), None
