@@ -87,8 +87,11 @@ class LossConfig:
 @dataclass
 class AdamConfig:
     lr: float = 1e-4
+    """Adam's learning rate for this network."""
     betas: tuple[float, float] = (0.5, 0.999)
+    """Adam's (beta1, beta2): the decay of its running mean and of its running square of the gradient."""
     weight_decay: float = 0.0
+    """L2 penalty added to the gradient (torch.optim.Adam's weight_decay; the blog's v3.2_ gives G one)."""
 
 
 @dataclass
@@ -122,13 +125,13 @@ class TrainConfig:
     the fakes together (loss on the fakes only), as the joint D step does. No effect on a D without
     BatchNorm."""
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
-    """None keeps accelerate's setting (``accelerate launch --mixed_precision``, default no)."""
+    """null keeps accelerate's setting (``accelerate launch --mixed_precision``, default no)."""
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] | None = None
     """torch.compile G and D (inductor) with this mode, through accelerate (after the DDP wrap). reduce-overhead
-    is CUDA graphs (GPU only; max-autotune uses them too on a GPU); untested on a GPU so far. None keeps accelerate's setting (``accelerate launch --dynamo_backend``,
+    is CUDA graphs (GPU only; max-autotune uses them too on a GPU); untested on a GPU so far. null keeps accelerate's setting (``accelerate launch --dynamo_backend``,
     default no). Costs a compilation of each graph at the start; measured in BENCHMARKS.md."""
     threads: int | None = None
-    """torch CPU threads per process; None picks cores / local processes and records it."""
+    """torch CPU threads per process; null picks cores / local processes and records it."""
     flush_denormal: bool = True
     """CPU: flush denormal floats to zero. GAN weights drift into denormals, where x86 arithmetic is many
     times slower (measured: +37% img/s for an MLP GAN on 2 cores); results stay deterministic."""
@@ -141,18 +144,21 @@ class OutputConfig:
     dir: str = "runs"
     """Parent folder of run folders."""
     name: str | None = None
-    """Run folder name; None gives ``<config>-s<seed>-<timestamp>``."""
+    """Run folder name; null gives ``<config>-s<seed>-<timestamp>``."""
     tracker: Literal["wandb", "none"] = "wandb"
     """W&B through accelerate (offline unless W&B is configured), or none."""
     wandb_project: str = "distgan"
+    """The W&B project the run logs to."""
     wandb_group: str | None = None
-    """W&B group of the run; None: the config's name (``distgan.compare`` sets its report's name)."""
+    """W&B group of the run; null: the config's name (``distgan.compare`` sets its report's name)."""
     grid_seed: int = 0
     """Seed of the fixed z behind every epoch's 8x8 grid (kept apart from train.seed on purpose)."""
     checkpoint_every_epochs: int = 1
+    """Epochs between checkpoints (the last one is always saved)."""
     keep_checkpoints: int = 3
     """Keep the newest this many checkpoints (plus ``best``, the lowest FID); 0 keeps every one."""
     sample_every_epochs: int = 1
+    """Epochs between sample grids (``samples/epoch-NNN.png``)."""
 
 
 @dataclass
@@ -437,6 +443,10 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = (), b
         node[keys[-1]] = value
     return from_dict(data)
 
+
+# What a run without --config trains: what `make train` trains (the repository's configs/default.yaml).
+DEFAULT_FILE = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+DEFAULT_NAME = "configs/default.yaml"
 
 MAX_Z_DIM = 65_536
 MAX_SAMPLES = 1_000_000  # eval.samples, model.ema_bn_samples

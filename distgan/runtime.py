@@ -164,6 +164,36 @@ def _refuse_used(run_dir: Path) -> None:
         )
 
 
+def run_name(cfg: config.Config) -> str:
+    """output.name, or ``<config>-s<seed>-<start time>``."""
+    return cfg.output.name or f"{cfg.name}-s{cfg.train.seed}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def dry_run(cfg: config.Config, resume_from: str | None = None) -> str:
+    """The config as this launch would resolve it (threads, precision, compile mode; refusals included), under
+    a header naming the device, the world and the run folder. Nothing is written."""
+    rt = Runtime(cfg)
+    try:
+        resolved = rt.resolve(cfg)
+        acc = rt.accelerator
+        if resume_from is None:
+            folder = Path(cfg.output.dir) / run_name(cfg)
+            folder = f"{folder}" + ("" if cfg.output.name else " (named when it starts)")
+        elif resume_from == "auto":
+            folder = f"the newest run of {cfg.output.name or cfg.name} under {cfg.output.dir}, or a new one"
+        else:
+            folder = f"continues {resume_from}"
+        header = [
+            f"# device: {rt.world} x {rt.device.type} ({acc.distributed_type.value}), {resolved.train.threads} "
+            f"thread(s) per process, mixed precision {resolved.train.mixed_precision}, compile {resolved.train.compile}",
+            f"# world: {rt.world} process(es), {resolved.train.batch_size // rt.world} images per process per step",
+            f"# run folder: {folder}",
+        ]
+        return "\n".join(header) + "\n" + config.dump_yaml(resolved)
+    finally:
+        rt.close()
+
+
 def make_run_dir(cfg: config.Config, rt: Runtime, resumed: Path | None = None, auto: bool = False) -> Path:
     """The run folder, named on the main process and shared; created (never reused) by the main process,
     except the folder of the run being resumed, and locked for the run's life (:mod:`distgan.runlock`:
@@ -171,7 +201,7 @@ def make_run_dir(cfg: config.Config, rt: Runtime, resumed: Path | None = None, a
     before its first checkpoint (nothing to resume) is renamed aside, kept and not reused, so it never
     blocks its name; with ``auto`` (``--resume auto`` found no checkpoint) so is any folder without one. ``cfg`` is written into it (atomically) as ``config.yaml``."""
     accelerator = rt.accelerator
-    name = [cfg.output.name or f"{cfg.name}-s{cfg.train.seed}-{dt.datetime.now():%Y%m%d-%H%M%S}"]
+    name = [run_name(cfg)]
     broadcast_object_list(name)
     run_dir = resumed if resumed is not None else Path(cfg.output.dir) / name[0]
 

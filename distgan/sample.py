@@ -41,7 +41,11 @@ def load_generator(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distgan.sample", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m distgan.sample",
+        description=__doc__.split("\n\n")[0]
+        + " Writes --out: a PNG grid (8 images per row) or an .npz of uint8 images (key 'images'). Takes seconds.",
+    )
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder or model.safetensors")
     p.add_argument("--num", type=int, default=64, help="number of images (a .png needs a multiple of 8)")
     p.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,11 @@ DERIVED = ("precisions", "proc_counts", "worker_counts")  # lists check_args der
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m distgan.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m distgan.bench",
+        description=__doc__.split("\n\n")[0]
+        + " Writes OUT/bench.json and OUT/BENCHMARKS.md; about 9 minutes on 2 CPU cores with the defaults.",
+    )
     p.add_argument("--configs", nargs="+", default=["configs/v5.yaml", "configs/default.yaml"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="no", help="comma-separated: no,bf16,fp16 (fp16 on CUDA only)")
