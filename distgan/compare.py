@@ -165,7 +165,7 @@ def plan(
                     "seed": seed,
                     "epochs": epochs,
                     "claim": cfg.claim,
-                    "wandb": cfg.output.wandb_project if cfg.output.tracker == "wandb" else None,
+                    "wandb": cfg.output.wandb_project if "wandb" in config.trackers(cfg) else None,
                     "run": run,
                     "reuse": reuse,
                     "overrides": [*overrides, f"output.name={name}", *(["--resume", str(run)] if resume else [])],

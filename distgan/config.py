@@ -145,8 +145,9 @@ class OutputConfig:
     """Parent folder of run folders."""
     name: str | None = None
     """Run folder name; null gives ``<config>-s<seed>-<timestamp>``."""
-    tracker: Literal["wandb", "none"] = "wandb"
-    """W&B through accelerate (offline unless W&B is configured), or none."""
+    tracker: str = "wandb"
+    """Where the numbers go besides metrics.jsonl (always written), through accelerate: wandb (offline unless W&B
+    is configured), tensorboard (``<run>/tensorboard/``), several joined by commas (wandb,tensorboard), or none."""
     wandb_project: str = "distgan"
     """The W&B project the run logs to."""
     wandb_group: str | None = None
@@ -519,6 +520,7 @@ def validate(cfg: Config) -> None:
         f"name must be a non-empty word without '/', got {cfg.name!r}",
     )
     check_names(cfg, need)
+    check_trackers(cfg, need)
     check_registries(cfg)
 
 
@@ -535,6 +537,23 @@ def check_sizes(cfg: Config, need) -> None:
         f"model.ema_bn_samples x model.z_dim is {noise_gb:.1f} GiB of noise (at most 1): lower ema_bn_samples",
     )
     need(cfg.eval.samples <= MAX_SAMPLES, f"eval.samples must be <= {MAX_SAMPLES:,}, got {cfg.eval.samples:,}")
+
+
+TRACKERS = ("wandb", "tensorboard")
+
+
+def trackers(cfg: Config) -> list[str]:
+    """output.tracker as a list of tracker names ([] for none)."""
+    return [] if cfg.output.tracker == "none" else cfg.output.tracker.split(",")
+
+
+def check_trackers(cfg: Config, need) -> None:
+    names = trackers(cfg)
+    need(
+        bool(names) and len(set(names)) == len(names) and set(names) <= set(TRACKERS),
+        f"output.tracker must be none, or one or more of {', '.join(TRACKERS)} joined by commas "
+        f"(wandb,tensorboard), got {cfg.output.tracker!r}.{suggest(cfg.output.tracker, [*TRACKERS, 'none'])}",
+    )
 
 
 def check_names(cfg: Config, need) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import importlib.util
 import os
 import typing
 from pathlib import Path
@@ -43,14 +44,27 @@ def dynamo_plugin(mode: str | None) -> TorchDynamoPlugin | None:
     return TorchDynamoPlugin(backend="inductor", mode=mode)
 
 
+def check_tracker_packages(cfg: config.Config) -> None:
+    """accelerate drops a tracker whose package is missing without a word; distgan says so."""
+    if "tensorboard" in config.trackers(cfg) and not (
+        importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+    ):
+        raise ConfigError(
+            "output.tracker=tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or pip install -e '.[tensorboard]')"
+        )
+
+
 class Runtime:
     """accelerate for one run, plus the process-wide settings the run changes (undone by close())."""
 
     def __init__(self, cfg: config.Config):
         tf32 = torch.backends.cuda.matmul.allow_tf32
+        check_tracker_packages(cfg)
         self.accelerator = Accelerator(
             mixed_precision=cfg.train.mixed_precision,
-            log_with="wandb" if cfg.output.tracker == "wandb" else None,
+            log_with=config.trackers(cfg) or None,
+            project_dir=cfg.output.dir,  # TensorBoard's folder, set to the run's own by tracking.RunLog
             dynamo_plugin=dynamo_plugin(cfg.train.compile),
         )
         # accelerate turns TF32 on for compiled float32 runs on CUDA; a compiled run must compute what an eager one does

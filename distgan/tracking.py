@@ -97,6 +97,47 @@ class StepBuffer:
         return rows
 
 
+def wandb_kwargs(run_dir: Path, config: dict, world: int, wandb_id: str) -> dict:
+    """wandb.init's arguments: one run per run folder (the same id on resume), grouped by config."""
+    if not wandb_configured():
+        os.environ["WANDB_MODE"] = "offline"  # env, not an init argument, so users can still override
+    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    return {
+        "name": run_dir.name,
+        "id": wandb_id,
+        "resume": "allow",
+        "dir": str(run_dir),
+        "group": config["output"]["wandb_group"] or config["name"],
+        "job_type": config["name"],
+        "tags": [
+            config["name"],
+            f"world{world}",
+            f"seed{config['train']['seed']}",
+            f"precision-{config['train']['mixed_precision'] or 'no'}",
+        ],
+    }
+
+
+def flat(config: dict, prefix: str = "") -> dict:
+    """{'train': {'seed': 0}} -> {'train/seed': 0}; lists and mappings below a key as text (TensorBoard's
+    hyperparameters take scalars and text only)."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and k not in ("g_args", "d_args"):  # a section, not a model's argument mapping
+            out.update(flat(v, f"{prefix}{k}/"))
+        elif isinstance(v, (dict, list, tuple)) or v is None:
+            out[f"{prefix}{k}"] = json.dumps(v)
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def store_config(accelerator: Accelerator, config: dict) -> None:
+    """The run's config in every tracker: W&B keeps the nested mapping, TensorBoard flat hyperparameters."""
+    for tracker in accelerator.trackers:
+        tracker.store_init_configuration(flat(config) if tracker.name == "tensorboard" else config)
+
+
 def write_summary(
     run_dir: Path, cfg, accelerator: Accelerator, step: int, step_images: int, seconds: float, start: int, params: dict
 ) -> None:
@@ -119,14 +160,14 @@ def write_summary(
 
 
 class RunLog:
-    """metrics.jsonl + W&B for one run (no-ops on non-main ranks)."""
+    """metrics.jsonl + the configured trackers (W&B, TensorBoard) for one run (no-ops on non-main ranks)."""
 
     def __init__(
         self,
         accelerator: Accelerator,
         run_dir: Path,
         config: dict,
-        use_wandb: bool,
+        trackers: list[str],
         project: str,
         wandb_id: str,
         keep_bytes: int | None = None,
@@ -135,47 +176,37 @@ class RunLog:
         ``wandb_id``: the same id on resume continues the same W&B run."""
         self.acc = accelerator
         self.main = accelerator.is_main_process
-        self.wandb = False
+        self.tracking = False
         self.file = None
         if self.main:
             path = run_dir / "metrics.jsonl"
             if keep_bytes is not None and path.exists():
                 os.truncate(path, min(keep_bytes, path.stat().st_size))  # never extend it with zero bytes
             self.file = open(path, "a")  # noqa: SIM115 (closed in close())
-        if use_wandb:
-            if not wandb_configured():
-                os.environ["WANDB_MODE"] = "offline"  # env, not an init argument, so users can still override
-            os.environ.setdefault("WANDB_DIR", str(run_dir))
-            kwargs = {
-                "name": run_dir.name,
-                "id": wandb_id,
-                "resume": "allow",
-                "dir": str(run_dir),
-                "group": config["output"]["wandb_group"] or config["name"],
-                "job_type": config["name"],
-                "tags": [
-                    config["name"],
-                    f"world{accelerator.num_processes}",
-                    f"seed{config['train']['seed']}",
-                    config["train"]["mixed_precision"] or "no",
-                ],
-            }
-            for attempt in ("configured", "offline"):
-                try:
-                    accelerator.init_trackers(project, config=config, init_kwargs={"wandb": kwargs})
-                    self.wandb = self.main
-                    break
-                except Exception as e:  # noqa: BLE001 (W&B can fail in many ways; none must stop training)
-                    accelerator.trackers.clear()  # a tracker that failed to start would fail again at the end
-                    if attempt == "offline" or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-                        warnings.warn(
-                            f"W&B did not start ({e}); training goes on with metrics.jsonl only", stacklevel=2
-                        )
-                        break
+        if not trackers:
+            return
+        # TensorBoard writes <run>/tensorboard/<project>/ (accelerate's logging_dir, then the project's name)
+        accelerator.project_configuration.logging_dir = str(run_dir / "tensorboard")
+        kwargs = wandb_kwargs(run_dir, config, accelerator.num_processes, wandb_id) if "wandb" in trackers else {}
+        for attempt in ("configured", "offline"):
+            try:
+                accelerator.init_trackers(project, init_kwargs={"wandb": kwargs})
+                store_config(accelerator, config)
+                self.tracking = self.main
+                break
+            except Exception as e:  # noqa: BLE001 (a tracker can fail in many ways; none must stop training)
+                accelerator.trackers.clear()  # a tracker that failed to start would fail again at the end
+                if (
+                    "wandb" not in trackers
+                    or attempt == "offline"
+                    or os.environ.get("WANDB_MODE") in ("offline", "disabled")
+                ):
                     warnings.warn(
-                        f"W&B did not start ({e}); retrying offline (upload later with wandb sync)", stacklevel=2
+                        f"the tracker did not start ({e}); training goes on with metrics.jsonl only", stacklevel=2
                     )
-                    kwargs["mode"] = "offline"  # the user's mode failed: this once, override it
+                    break
+                warnings.warn(f"W&B did not start ({e}); retrying offline (upload later with wandb sync)", stacklevel=2)
+                kwargs["mode"] = "offline"  # the user's mode failed: this once, override it
 
     def rows(self, rows: list[dict], section: str | None = "train") -> None:
         """Records with a 'step': one JSON line each, and their numbers to W&B as ``section/key``
@@ -184,7 +215,7 @@ class RunLog:
             return
         for row in rows:
             self.file.write(json.dumps(row) + "\n")
-            if self.wandb and section:
+            if self.tracking and section:
                 values = scalars({k: v for k, v in row.items() if k != "step"}, section)
                 if values:
                     self.acc.log(values, step=row["step"])
@@ -199,8 +230,14 @@ class RunLog:
         self.rows([row], section)
 
     def image(self, name: str, picture: Tensor, step: int) -> None:
-        if self.wandb:
-            self.acc.get_tracker("wandb").log_images({name: [picture.numpy()]}, step=step)
+        """A grid (uint8, H x W) to every tracker that takes images."""
+        if not self.tracking:
+            return
+        for tracker in self.acc.trackers:
+            if tracker.name == "wandb":
+                tracker.log_images({name: [picture.numpy()]}, step=step)
+            elif tracker.name == "tensorboard":
+                tracker.writer.add_image(name, picture.numpy(), global_step=step, dataformats="HW")
 
     def close(self) -> None:
         if self.file is not None:

@@ -139,7 +139,7 @@ def build(cfg: config.Config, rt: Runtime, schedule: Schedule, real_images: Devi
     counters.wandb_id = wandb_id[0]
     o = cfg.output
     log = RunLog(
-        acc, run_dir, cfg.to_dict(), o.tracker == "wandb", o.wandb_project, wandb_id[0], counters.metrics_bytes
+        acc, run_dir, cfg.to_dict(), config.trackers(cfg), o.wandb_project, wandb_id[0], counters.metrics_bytes
     )
     acc.print(
         f"distgan {__version__}: {cfg.name} on {rt.world} x {rt.device} ({acc.distributed_type}, "

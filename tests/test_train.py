@@ -220,9 +220,41 @@ def test_wandb_dashboard_holds_losses_grad_norms_speed_evaluations_and_grid(tmp_
     assert any(r.get("samples/_type") == "images/separated" for r in logged)
     info = wandb_reader.run_info(run_file)
     assert info["name"] == "dash" and info["group"] == "my-report" and info["job_type"] == "default"
-    assert {"default", "world1", "seed0", "no"} <= set(info["tags"])
+    assert {"default", "world1", "seed0", "precision-no"} <= set(info["tags"])
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert [e["epoch"] for e in evals] == [1, 2] and len(evals[0]["class_shares"]) == 10
+
+
+def test_tensorboard_alongside_wandb_holds_the_scalars_of_metrics_jsonl_and_the_grids(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(
+        tmp_path,
+        "tb",
+        "data.dataset=synthetic",
+        "train.epochs=2",
+        "train.batch_size=128",
+        "train.log_every=4",
+        "eval.every_epochs=1",
+        "eval.samples=200",
+        "output.tracker=wandb,tensorboard",
+    )
+    (folder,) = (run / "tensorboard").iterdir()  # <run>/tensorboard/<project>/
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    board = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss_d" in r]
+    assert len(steps) == 32
+    for key in ("loss_d", "loss_g", "d_real", "d_fake"):
+        assert board[f"train/{key}"] == pytest.approx({r["step"]: r[key] for r in steps}, rel=1e-6), key
+    evals = [r for r in rows if r.get("event") == "eval"]
+    for key in ("fid", "is", "precision", "recall"):
+        assert board[f"eval/{key}"] == pytest.approx({r["step"]: r[key] for r in evals}, rel=1e-6), key
+    assert sorted(events.Tags()["images"]) == ["samples"] and len(events.Images("samples")) == 2  # a grid per epoch
+    wandb_file = next((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    numbers = {k for r in wandb_reader.history(wandb_file) for k, v in r.items() if isinstance(v, (int, float))}
+    assert set(board) == {k for k in numbers if not k.startswith(("_", "samples"))}  # both trackers, one record
 
 
 def test_wandb_that_cannot_start_is_a_warning_and_the_run_goes_on_offline(tmp_path):
