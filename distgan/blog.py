@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(fid_threshold=20.0, montage_epochs=None)  # what compare's report reads
     args = p.parse_args(argv)
+    args.command = shlex.join(["python", "-m", "distgan.blog", *(sys.argv[1:] if argv is None else argv)])
     args.configs = args.configs or default_configs()
     if args.max_epochs is not None and args.max_epochs < 1:
         p.error("--max-epochs must be >= 1")

@@ -500,7 +500,8 @@ def pairs_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(entries: list[dict], path: Path) -> None:
+def plot_curves(entries: list[dict], path: Path) -> list[list[float]]:
+    """FID and both losses per epoch, a line per config; returns each panel's epoch ticks (whole epochs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -528,13 +529,17 @@ def plot_curves(entries: list[dict], path: Path) -> None:
     ):
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        low, high = ax.get_xlim()
+        ax.set_xlim(min(low, round(low) - 0.5), max(high, round(high) + 0.5))  # one epoch: a tick at 1, not 0.96
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     fig.suptitle("lines: mean over seeds; bands: the seeds' range (min to max)", fontsize=9)
     axes[0].legend()
     fig.savefig(path, dpi=100)
+    ticks = [[t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]] for ax in axes]
     plt.close(fig)
+    return ticks
 
 
 def montage_epochs(epochs: int, n: int = 4) -> list[int]:
@@ -587,6 +592,10 @@ def plot_montage(entries: list[dict], columns: list[int] | None, path: Path) -> 
     plt.close(fig)
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def write_report(
     entries: list[dict], out: Path, args: argparse.Namespace, failed: list[dict] | None = None
 ) -> list[dict]:
@@ -607,8 +616,9 @@ def write_report(
     text = [
         f"# Comparison: {out.name}",
         "",
-        f"{len(table)} configs x seeds {', '.join(map(str, args.seeds))}, "
-        f"{f'{budgets[0]} epochs each' if same else 'each at its own budget'}; "
+        f"{_count(len(table), 'config')}, {_count(len(args.seeds), 'seed')} "
+        f"({', '.join(map(str, args.seeds))}), "
+        f"{_count(budgets[0], 'epoch') + ' each' if same else 'each at its own budget'}; "
         f"metrics from the last epoch's evaluation ({entries[0]['samples']} samples against the 10k test images, "
         "in the features of distgan's evaluator). With several seeds: mean ± the half-width of its 95% "
         "confidence interval (Student's t over seeds; table.csv also holds the sample std).",
@@ -646,7 +656,7 @@ def write_report(
             if failed
             else []
         ),
-        f"Machine: {machine}. Command: `{' '.join(map(shlex.quote, sys.argv))}`",
+        f"Machine: {machine}. Command: `{args.command}`",
         "",
     ]
     (out / "report.md").write_text("\n".join(text))
@@ -718,6 +728,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
 
 def main(argv: list[str] | None = None) -> int:
     p, args = parse_args(argv)
+    args.command = shlex.join(["python", "-m", "distgan.compare", *(sys.argv[1:] if argv is None else argv)])
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
     if len(set(args.configs)) != len(args.configs):

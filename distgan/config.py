@@ -154,6 +154,8 @@ class OutputConfig:
     """W&B group of the run; null: the config's name (``distgan.compare`` sets its report's name)."""
     grid_seed: int = 0
     """Seed of the fixed z behind every epoch's 8x8 grid (kept apart from train.seed on purpose)."""
+    grid_scale: int = 2
+    """Each pixel of a saved grid drawn as scale x scale pixels: 2 makes the 8x8 grid 484 px wide (1: 242)."""
     checkpoint_every_epochs: int = 1
     """Epochs between checkpoints (the last one is always saved)."""
     keep_checkpoints: int = 3
@@ -515,6 +517,7 @@ def validate(cfg: Config) -> None:
     need(o.checkpoint_every_epochs >= 1, "output.checkpoint_every_epochs must be >= 1")
     need(o.keep_checkpoints >= 0, f"output.keep_checkpoints must be >= 0 (0: keep all), got {o.keep_checkpoints}")
     need(o.sample_every_epochs >= 1, "output.sample_every_epochs must be >= 1")
+    need(1 <= o.grid_scale <= 16, f"output.grid_scale must lie in 1..16, got {o.grid_scale}")
     need(
         bool(cfg.name) and "/" not in cfg.name,
         f"name must be a non-empty word without '/', got {cfg.name!r}",

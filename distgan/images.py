@@ -8,10 +8,10 @@ import io
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 from torch import Tensor
+from torchvision.utils import make_grid
 
 from distgan.files import write_atomic
 
@@ -22,14 +22,13 @@ def to_uint8(images: Tensor) -> Tensor:
     return rearrange(x, "n 1 h w -> n h w") if x.ndim == 4 else x
 
 
-def grid(images: Tensor, rows: int = 8, pad: int = 2) -> Tensor:
-    """uint8 (rows*cols, H, W) -> one uint8 (rows*(H+pad)+pad, cols*(W+pad)+pad) picture on black."""
-    n = images.shape[0]
-    if n % rows:
-        raise ValueError(f"{n} images do not fill {rows} rows")
-    padded = F.pad(images, (pad, 0, pad, 0))  # left/top padding per tile
-    tiled = rearrange(padded, "(r c) h w -> (r h) (c w)", r=rows)
-    return F.pad(tiled, (0, pad, 0, pad))
+def grid(images: Tensor, per_row: int = 8, scale: int = 1) -> Tensor:
+    """uint8 (N, H, W) -> one uint8 picture: torchvision's make_grid (rows of ``per_row`` tiles, 2 black pixels
+    around each), each pixel then drawn as a ``scale`` x ``scale`` square (output.grid_scale)."""
+    if images.shape[0] % per_row:
+        raise ValueError(f"{images.shape[0]} images do not fill rows of {per_row}")
+    picture = make_grid(rearrange(images, "n h w -> n 1 h w"), nrow=per_row, padding=2, pad_value=0)[0]
+    return picture.repeat_interleave(scale, 0).repeat_interleave(scale, 1) if scale > 1 else picture
 
 
 @torch.no_grad()

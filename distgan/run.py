@@ -61,9 +61,9 @@ class Run:
         return self.nets.get("G_ema", self.nets["G"])  # grids and evaluations draw from the EMA where kept
 
 
-def sample_grid(G: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+def sample_grid(G: torch.nn.Module, z: torch.Tensor, scale: int) -> torch.Tensor:
     """The fixed-z grid as uint8 (H, W): exactly what ``distgan.sample --fixed-z`` recomputes."""
-    return images.grid(images.generate(G, z))
+    return images.grid(images.generate(G, z), scale=scale)
 
 
 def flush(run: Run) -> None:
@@ -116,7 +116,8 @@ def write(run: Run, m: Maintenance, spent: dict, result: dict | None, checksums,
     if acc.scaler is not None:  # fp16: one scaler for both optimizers; report what it skipped
         event["skipped_fp16_steps"] = dict(run.gan.skipped)
     if m.grid:
-        picture = sample_grid(run.G_show, fixed_z(run.cfg.model.z_dim, run.cfg.output.grid_seed))
+        o = run.cfg.output
+        picture = sample_grid(run.G_show, fixed_z(run.cfg.model.z_dim, o.grid_seed), o.grid_scale)
         png = images.save_png(picture, run.run_dir / "samples" / f"{m.tag}.png")
         run.log.image("samples", picture, m.step)
         event["sample"] = str(png.relative_to(run.run_dir))

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="samples.npz or grid.png")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-ema", action="store_true", help="use the raw G even where the run kept an EMA of it")
+    p.add_argument(
+        "--scale", type=int, help="a .png's pixels per image pixel, 1-16 (default: the run's output.grid_scale)"
+    )
     args = p.parse_args(argv)
     try:
         out = cli.output(args.out, (".npz", ".png"))
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--fixed-z draws the training grid's 64 images; leave --num out")
         if out.suffix == ".png" and args.num % 8:
             p.error(f"a grid needs a multiple of 8 images, got --num {args.num}")
+        if args.scale is not None and not 1 <= args.scale <= 16:
+            p.error(f"--scale must lie in 1..16, got {args.scale}")
         G, cfg = load_generator(args.checkpoint, cli.device(args.device), use_ema=not args.no_ema)
     except DistganError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             np.savez_compressed(buffer, images=imgs.numpy())
             write_atomic(out, buffer.getvalue())
         else:
-            images.save_png(images.grid(imgs), out)
+            images.save_png(images.grid(imgs, scale=args.scale or cfg.output.grid_scale), out)
     except OSError as e:
         print(f"error: cannot write {out} ({e.strerror or e}); choose another --out", file=sys.stderr)
         return 1

@@ -73,6 +73,8 @@ def test_the_same_comparison_twice_gives_the_same_tables_and_a_rerun_reuses_runs
         assert (tmp_path / "report1" / name).stat().st_size > 1000
     report = (tmp_path / "report1" / "report.md").read_text()
     assert "| narrow |" in report and "![montage](montage.png)" in report
+    assert "2 configs, 2 seeds (0, 1), 2 epochs each;" in report
+    assert f"Command: `python -m distgan.compare {paths[0]} {paths[1]} --epochs 2 --seeds 0,1" in report
 
     third = run_compare(paths, tmp_path / "report3", tmp_path / "runs1")  # same runs folder: nothing to train
     assert third.returncode == 0, third.stderr[-3000:]
@@ -274,3 +276,13 @@ def test_compare_launches_its_runs_under_accelerate_as_the_readme_shows(tmp_path
     assert table(tmp_path / "r" / "table.csv")[0]["config"] == "narrow"
     again = python("distgan.compare", *args, "--launcher", launcher, timeout=600)
     assert again.returncode == 0 and again.stdout.count("reusing") == 1  # the 2-process run, by its own name
+
+
+def test_curves_of_one_epoch_tick_whole_epochs_only(tmp_path):
+    result = {"fid": [30.0], "epochs": [1], "loss_d": [0.5], "loss_g": [1.2], "loss_epochs": [1]}
+    ticks = compare.plot_curves([{"name": "a", "result": result}], tmp_path / "curves.png")
+    assert ticks == [[1.0], [1.0], [1.0]]
+    many = {k: v * 5 if k.startswith(("fid", "loss_d", "loss_g")) else [1, 2, 3, 4, 5] for k, v in result.items()}
+    assert all(
+        t == int(t) for panel in compare.plot_curves([{"name": "a", "result": many}], tmp_path / "c.png") for t in panel
+    )

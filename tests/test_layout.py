@@ -7,12 +7,15 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
 
 import distgan
 from distgan.errors import DistganError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PACKAGE = Path(distgan.__file__).parent
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -109,3 +112,11 @@ def test_every_user_facing_error_shares_one_base():
 @pytest.mark.parametrize("path", MODULES, ids=[module_name(p) for p in MODULES])
 def test_every_module_says_what_it_is_for(path):
     assert ast.get_docstring(ast.parse(path.read_text())), f"{path} has no module docstring"
+
+
+def test_the_readme_names_the_slurm_signal_the_scripts_ask_for():
+    readme = (ROOT / "README.md").read_text()
+    said = set(re.findall(r"--signal=(?:B:)?([A-Z0-9]+@\d+)", readme))
+    asked = set(re.findall(r"--signal=(?:B:)?([A-Z0-9]+@\d+)", (ROOT / "launch" / "slurm.sbatch").read_text()))
+    asked |= set(re.findall(r"--signal=(?:B:)?([A-Z0-9]+@\d+)", (ROOT / "distgan" / "compare.py").read_text()))
+    assert said and said <= asked, said - asked

@@ -41,7 +41,7 @@ def test_few_step_run_writes_grid_checkpoint_metrics_and_offline_wandb(mnist_roo
     assert all(r["r1"] > 0 for r in steps if r["r1"] is not None)
 
     grid = png(run / "samples" / "step-000006.png")
-    assert grid.shape == (8 * 30 + 2, 8 * 30 + 2) and grid.dtype == np.uint8
+    assert grid.shape == (2 * (8 * 30 + 2), 2 * (8 * 30 + 2)) and grid.dtype == np.uint8  # output.grid_scale 2
 
     ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     state = json.loads((ckpt / "state.json").read_text())
