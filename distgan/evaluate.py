@@ -283,7 +283,7 @@ def score_generator(
 def format_metrics(m: dict) -> str:
     shares = " ".join(f"{100 * s:.1f}" for s in m["class_shares"])
     return (
-        f"FID {m['fid']:.3f}  IS {m['is']:.3f}  classes covered {m['classes_covered']}/{len(m['class_shares'])}  "
+        f"FID {m['fid']:.3f}  KID {m['kid']:.4f} ± {m['kid_std']:.4f}  IS {m['is']:.3f}  classes covered {m['classes_covered']}/{len(m['class_shares'])}  "
         f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  (n={m['samples']})\n"
         f"class shares %: {shares}"
     )

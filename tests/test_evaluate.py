@@ -78,6 +78,28 @@ def test_precision_and_recall_separate_quality_from_diversity():
 # --------------------------------------------------------------------------- the evaluator
 
 
+def naive_kid(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The unbiased MMD^2 with the cubic kernel, term by term (Binkowski et al., 2018, eq. 3)."""
+    d, m = x.shape[1], len(x)
+    k = lambda a, b: (float(a @ b) / d + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
+
+
+def test_kid_is_the_unbiased_mmd_near_zero_for_one_distribution_and_grows_with_a_shift():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randn(12, 5, generator=g, dtype=torch.float64)
+    whole, spread = metrics.kid(x, y, subsets=1)  # one subset of every sample: the full estimate
+    assert whole == pytest.approx(naive_kid(x, y), rel=1e-5) and spread == 0.0
+    a, b = torch.randn(3000, 16, generator=g), torch.randn(3000, 16, generator=g)
+    same, std = metrics.kid(a, b, subsets=20)
+    shifted, _ = metrics.kid(a, b + 0.5, subsets=20)
+    assert abs(same) < 3 * std and shifted > 10 * std > 0  # unbiased: no offset that depends on the sample count
+    assert metrics.kid(a, b, subsets=20) == (same, std)  # subsets fixed by their seed
+
+
 def test_synthetic_evaluator_is_deterministic_cached_and_keyed_by_its_recipe(tmp_path):
     recipe = evaluate.Recipe(epochs=1, batch_size=64)
     a = evaluate.fit("synthetic", tmp_path / "a", recipe, log=lambda m: None)
@@ -112,6 +134,7 @@ def test_mnist_evaluator_reaches_99_percent_and_fid_separates_real_from_noise(mn
     junk = evaluate.score(ev, evaluate.reference(ev, mnist_root), noise)
     assert floor["fid"] < 10 and floor["is"] > 9.5 and floor["classes_covered"] == 10
     assert junk["fid"] > 100 * floor["fid"]  # orders of magnitude apart
+    assert abs(floor["kid"]) < 0.01 < junk["kid"]
     assert floor["precision"] > 0.8 and floor["recall"] > 0.8
     assert junk["precision"] < 0.05 and junk["recall"] < 0.05
 

@@ -206,6 +206,7 @@ def test_wandb_dashboard_holds_losses_grad_norms_speed_evaluations_and_grid(tmp_
         "epoch/lr_g",
         "epoch/lr_d",
         "eval/fid",
+        "eval/kid",
         "eval/is",
         "eval/classes_covered",
         "eval/precision",
