@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         p = argparse.ArgumentParser(
             prog="python -m distgan.evaluate fit",
             description="Fit (or find) the evaluator: the classifier behind FID / IS / coverage / precision / recall. "
-            "The first call trains it (about 2.5 minutes on 2 CPU cores) and caches it under ROOT/evaluators/; "
+            "The first call trains it (about 2.5 minutes on 2 CPU cores) and writes it to ROOT/evaluators/; "
             "later calls find it in a second. Prints its test accuracy and the real data's own scores.",
         )
         p.add_argument("--dataset", choices=data.NAMES, default="mnist")
@@ -314,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m distgan.evaluate",
-        description="Score a checkpoint's G or saved images: FID, IS, classes covered, precision / recall. Prints "
-        "them (--out: also as JSON). Needs the evaluator: `python -m distgan.evaluate fit` makes it (the first "
+        description="Score a checkpoint's G or saved images: FID, KID, IS, classes covered, precision / recall. "
+        "Prints them; writes them as JSON with --out, nothing else. Needs the evaluator: `python -m distgan.evaluate fit` makes it (the first "
         "scoring does so itself: about 2.5 minutes on 2 CPU cores, once); then a 10k-sample score takes seconds.",
     )
     src = p.add_mutually_exclusive_group(required=True)

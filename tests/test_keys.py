@@ -3,6 +3,7 @@ shows what the launch resolves; overrides may come anywhere."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from distgan import checkpoint, config, keys
@@ -107,3 +109,20 @@ def test_the_printed_resume_hint_works_as_printed_with_an_override_appended(tmp_
     alone = python(*shlex.split(hint.group(2))[2:], "train.max_steps=37")
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert checkpoint.read_pointer(tmp_path / "hint" / "checkpoints", "latest") == "step-000037"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["train", "compare", "blog", "data", "sample", "evaluate", "evaluate fit", "bench", "bench.jobs"],
+)
+def test_every_entry_point_says_what_it_writes_and_how_long_a_first_call_takes(entry, capsys):
+    module, *sub = entry.split()
+    main = importlib.import_module(f"distgan.{module}" + (".__main__" if module == "bench" else "")).main
+    with pytest.raises(SystemExit) as done:
+        main([*sub, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"\b[Ww]rites\b", text), text[:600]
+    assert re.search(r"\d[\d.]* (seconds?|minutes?|hours?)|[Tt]akes (seconds|hours)|in seconds|a second", text), text[
+        :600
+    ]
