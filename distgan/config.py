@@ -553,7 +553,7 @@ def trackers(cfg: Config) -> list[str]:
 def check_trackers(cfg: Config, need) -> None:
     names = trackers(cfg)
     need(
-        bool(names) and len(set(names)) == len(names) and set(names) <= set(TRACKERS),
+        cfg.output.tracker == "none" or (len(set(names)) == len(names) and set(names) <= set(TRACKERS)),
         f"output.tracker must be none, or one or more of {', '.join(TRACKERS)} joined by commas "
         f"(wandb,tensorboard), got {cfg.output.tracker!r}.{suggest(cfg.output.tracker, [*TRACKERS, 'none'])}",
     )

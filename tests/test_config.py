@@ -126,3 +126,15 @@ def test_resume_reads_keys_an_older_checkpoint_lacks_as_their_defaults():
     assert resume_conflicts(old, current) == []
     current["loss"]["r1_gamma"] = 5.0
     assert resume_conflicts(old, current) == ["loss.r1_gamma: 0.0 in the checkpoint, 5.0 now"]
+
+
+@pytest.mark.parametrize("tracker", ["none", "wandb", "tensorboard", "wandb,tensorboard"])
+def test_trackers_one_several_or_none(tracker):
+    cfg = config.load(None, [f"output.tracker={tracker}"])
+    assert config.trackers(cfg) == ([] if tracker == "none" else tracker.split(","))
+
+
+@pytest.mark.parametrize("tracker", ["", "tb", "wandb,", "wandb,wandb", "none,wandb"])
+def test_trackers_that_do_not_exist_are_refused(tracker):
+    with pytest.raises(config.ConfigError, match="output.tracker must be none, or one or more of wandb, tensorboard"):
+        config.load(None, [f"output.tracker={tracker}"])

@@ -91,8 +91,11 @@ def naive_kid(x: torch.Tensor, y: torch.Tensor) -> float:
 def test_kid_is_the_unbiased_mmd_near_zero_for_one_distribution_and_grows_with_a_shift():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randn(12, 5, generator=g, dtype=torch.float64)
-    whole, spread = metrics.kid(x, y, subsets=1)  # one subset of every sample: the full estimate
+    whole, spread = metrics.kid(x, y, subsets=1, scaled=False)  # one subset of every sample: the full estimate
     assert whole == pytest.approx(naive_kid(x, y), rel=1e-5) and spread == 0.0
+    rms = x.pow(2).mean().sqrt()
+    assert metrics.kid(x, y, subsets=1)[0] == pytest.approx(naive_kid(x / rms, y / rms), rel=1e-5)
+    assert metrics.kid(10 * x, 10 * y, subsets=1)[0] == pytest.approx(metrics.kid(x, y, subsets=1)[0], rel=1e-5)
     a, b = torch.randn(3000, 16, generator=g), torch.randn(3000, 16, generator=g)
     same, std = metrics.kid(a, b, subsets=20)
     shifted, _ = metrics.kid(a, b + 0.5, subsets=20)
