@@ -169,14 +169,13 @@ def default_configs(root: Path = Path("configs")) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m distgan.blog",
-        description=__doc__.split("\n\n")[0]
+    p = keys.parser(
+        "python -m distgan.blog",
+        __doc__.split("\n\n")[0]
         + " Writes OUT/REPORT.md (each claim with its verdict), the comparison's tables and figures, and one run per "
         "version and seed under --runs-dir. Full budgets take hours on a CPU (the README gives the figures); the "
         "first call also fits the evaluator (about 2.5 minutes on 2 cores, once). Interrupted: run it again.",
-        epilog=keys.help_text(how="as --set [VERSION:]KEY=VALUE (e.g. --set v5:train.epochs=2)"),
-        formatter_class=keys.HelpFormatter,
+        how="as --set [VERSION:]KEY=VALUE (e.g. --set v5:train.epochs=2)",
     )
     p.add_argument("configs", nargs="*", help="version configs (default: every version in configs/, in blog order)")
     p.add_argument("--seeds", type=compare._int_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")

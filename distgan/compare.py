@@ -698,14 +698,12 @@ def add_run_arguments(p: argparse.ArgumentParser, set_metavar: str, set_help: st
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    p = argparse.ArgumentParser(
-        prog="python -m distgan.compare",
-        description=__doc__.split("\n\n")[0]
+    p = keys.parser(
+        "python -m distgan.compare",
+        __doc__.split("\n\n")[0]
         + " Writes OUT/: table.csv, runs.csv, report.md, curves.png, montage.png (and OUT/logs/ with --jobs), and one "
         "run per config and seed under --runs-dir, reused when it already finished. Each run takes what its "
         "config takes; the first evaluation also fits the evaluator (about 2.5 minutes on 2 cores, once).",
-        epilog=keys.help_text(),
-        formatter_class=keys.HelpFormatter,
     )
     p.add_argument("configs", nargs="+", help="config YAML files, in the order the report lists them")
     p.add_argument("--epochs", type=int, required=True, help="epochs for every run")

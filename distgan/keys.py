@@ -119,3 +119,11 @@ class HelpFormatter(argparse.HelpFormatter):
             line if not line.strip() or line.startswith(" ") else textwrap.fill(line, width, initial_indent=indent)
             for line in text.splitlines()
         )
+
+
+def parser(prog: str, description: str, values: Any = None, origin: str | None = None, how: str | None = None):
+    """An entry point's ArgumentParser whose epilog lists the config keys (see :func:`help_text`)."""
+    options = {k: v for k, v in (("origin", origin), ("how", how)) if v is not None}
+    return argparse.ArgumentParser(
+        prog=prog, description=description, epilog=help_text(values, **options), formatter_class=HelpFormatter
+    )

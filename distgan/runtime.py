@@ -198,7 +198,8 @@ def dry_run(cfg: config.Config, resume_from: str | None = None) -> str:
         else:
             folder = f"continues {resume_from}"
         header = [
-            f"# device: {rt.world} x {rt.device.type} ({acc.distributed_type.value}), {resolved.train.threads} "
+            f"# device: {rt.world} x {rt.device.type} ({'one process' if rt.world == 1 else acc.distributed_type.value.lower()}), "
+            f"{resolved.train.threads} "
             f"thread(s) per process, mixed precision {resolved.train.mixed_precision}, compile {resolved.train.compile}",
             f"# world: {rt.world} process(es), {resolved.train.batch_size // rt.world} images per process per step",
             f"# run folder: {folder}",

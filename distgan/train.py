@@ -237,17 +237,15 @@ def finish_early(run: Run) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m distgan.train",
-        description="Train a GAN from a YAML config. Writes runs/<config>-s<seed>-<time>/ (config.yaml, metrics.jsonl, "
+    shipped = config.DEFAULT_FILE.is_file()  # in a clone; an installed wheel has no configs/
+    p = keys.parser(
+        "python -m distgan.train",
+        "Train a GAN from a YAML config. Writes runs/<config>-s<seed>-<time>/ (config.yaml, metrics.jsonl, "
         "samples/, checkpoints/, summary.json). Starts in seconds; a config that evaluates (eval.every_epochs) "
         "first fits the evaluator once, about 2.5 minutes on 2 cores, then reuses it.",
-        epilog=keys.help_text(
-            config.load(config.DEFAULT_FILE),
-            f"those of {config.DEFAULT_NAME}; --dry-run prints what a run would use",
-            "as KEY=VALUE, anywhere on the command line (e.g. train.epochs=3)",
-        ),
-        formatter_class=keys.HelpFormatter,
+        config.load(config.DEFAULT_FILE) if shipped else None,
+        f"those of {config.DEFAULT_NAME}; --dry-run prints what a run would use" if shipped else None,
+        "as KEY=VALUE, anywhere on the command line (e.g. train.epochs=3)",
     )
     p.add_argument(
         "--config", help=f"YAML config (see configs/); omitted: {config.DEFAULT_NAME}, what make train trains"

@@ -91,7 +91,7 @@ def test_the_printed_resume_hint_works_as_printed_with_an_override_appended(tmp_
     """Both forms of the hint a stopped run prints: its own command plus --resume, and the one-process
     command; each with a further override after it (the old parser refused those)."""
     cmd = [sys.executable, "-m", "distgan.train", "--config", "configs/default.yaml", "data.dataset=synthetic"]
-    cmd += [*tiny_overrides(tmp_path, "hint"), "train.epochs=40"]
+    cmd += [*tiny_overrides(tmp_path, "hint"), "train.epochs=40", "model.ema_bn_samples=256"]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

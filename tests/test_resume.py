@@ -116,7 +116,8 @@ def straight(tmp_path_factory, mnist_root) -> Straight:
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.slow), 2])  # make test: 2 processes
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
 def test_kill_9_after_a_checkpoint_then_resume_is_bitwise_the_straight_run(straight, tmp_path, nproc):
     reference = straight[nproc]
     proc = start(tmp_path, "killed", nproc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def rows(run: Path) -> list[dict]:
 
 def test_a_second_trainer_is_refused_while_the_first_lives_and_a_waiting_one_takes_over(tmp_path):
     run = tmp_path / "r"
-    first, third = start(tmp_path), None
+    first, third = start(tmp_path, log=tmp_path / "first.log"), None
     try:
         until(lambda: (run / "checkpoints" / "latest").is_file())  # trained and saved an epoch
         second = start(tmp_path, "--resume", "auto", wait=1.0)
@@ -60,12 +61,18 @@ def test_a_second_trainer_is_refused_while_the_first_lives_and_a_waiting_one_tak
         until(lambda: "waiting up to 120 s" in log.read_text())
         first.send_signal(signal.SIGTERM)  # checkpoints and exits
         assert first.wait(timeout=120) == 128 + signal.SIGTERM  # stopped cleanly, with a checkpoint
-        saved = (run / "checkpoints" / "latest").read_text().strip()  # first's last save, on its way out
         until(lambda: f'"pid": {third.pid}' in holder(run))
         third.send_signal(signal.SIGTERM)
         assert third.wait(timeout=120) == 128 + signal.SIGTERM
+        # first's last save, on its way out, by its own word (third may have saved since: not `latest`)
+        stopped = re.search(
+            r"stopped by signal 15 at step (\d+) with a checkpoint", (tmp_path / "first.log").read_text()
+        )
         out = log.read_text()
-        assert f"resuming {run / 'checkpoints' / saved} " in out, out[-2000:]  # the newest, not the one seen before
+        assert stopped and f" at step {stopped.group(1)} (epoch" in out, out[
+            -2000:
+        ]  # the newest, not the one seen before
+        assert re.search(rf"resuming {re.escape(str(run))}/checkpoints/\S+ at step {stopped.group(1)} ", out)
     finally:
         for p in (first, third):
             if p is not None and p.poll() is None:
