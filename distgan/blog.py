@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(fid_threshold=20.0, montage_epochs=None)  # what compare's report reads
     args = p.parse_args(argv)
-    args.command = shlex.join(["python", "-m", "distgan.blog", *(sys.argv[1:] if argv is None else argv)])
+    args.command = compare.command_line("distgan.blog", argv)
     args.configs = args.configs or default_configs()
     if args.max_epochs is not None and args.max_epochs < 1:
         p.error("--max-epochs must be >= 1")
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(budgets) != len(args.configs):
             raise CompareError("two configs share a name; rename one (the report names versions by config name)")
         own = version_sets(args.sets, list(budgets))
-        launcher = compare.shlex.split(args.launcher)
+        launcher = shlex.split(args.launcher)
         world = 1 if args.launcher == compare.DEFAULT_LAUNCHER else compare.launcher_world(launcher)
         slots, threads = compare.slots_for(args.jobs, world, len(args.configs) * len(args.seeds), args.launcher)
         entries = []

@@ -596,6 +596,11 @@ def plot_montage(entries: list[dict], columns: list[int] | None, path: Path) -> 
     plt.close(fig)
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command as a user would type it again (``python -m module ...``), for a report."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
 
@@ -730,7 +735,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
 
 def main(argv: list[str] | None = None) -> int:
     p, args = parse_args(argv)
-    args.command = shlex.join(["python", "-m", "distgan.compare", *(sys.argv[1:] if argv is None else argv)])
+    args.command = command_line("distgan.compare", argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
     if len(set(args.configs)) != len(args.configs):

@@ -454,6 +454,7 @@ DEFAULT_NAME = "configs/default.yaml"
 MAX_Z_DIM = 65_536
 MAX_SAMPLES = 1_000_000  # eval.samples, model.ema_bn_samples
 MAX_NAME_BYTES = 200
+MAX_GRID_SCALE = 16  # output.grid_scale and distgan.sample --scale: a 3,872-pixel grid at most
 
 
 def validate(cfg: Config) -> None:
@@ -517,7 +518,7 @@ def validate(cfg: Config) -> None:
     need(o.checkpoint_every_epochs >= 1, "output.checkpoint_every_epochs must be >= 1")
     need(o.keep_checkpoints >= 0, f"output.keep_checkpoints must be >= 0 (0: keep all), got {o.keep_checkpoints}")
     need(o.sample_every_epochs >= 1, "output.sample_every_epochs must be >= 1")
-    need(1 <= o.grid_scale <= 16, f"output.grid_scale must lie in 1..16, got {o.grid_scale}")
+    need(1 <= o.grid_scale <= MAX_GRID_SCALE, f"output.grid_scale must lie in 1..{MAX_GRID_SCALE}, got {o.grid_scale}")
     need(
         bool(cfg.name) and "/" not in cfg.name,
         f"name must be a non-empty word without '/', got {cfg.name!r}",

@@ -72,6 +72,10 @@ def classes_covered(shares: list[float], min_share: float = COVERED_SHARE) -> in
     return sum(share >= min_share for share in shares)
 
 
+def _off_diagonal_sum(k: Tensor) -> Tensor:
+    return k.sum(dtype=torch.float64) - k.diagonal().sum(dtype=torch.float64)
+
+
 def kid(
     real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0, scaled: bool = True
 ) -> tuple[float, float]:
@@ -90,11 +94,7 @@ def kid(
         x = real[torch.randperm(len(real), generator=gen)[:m]].float()
         y = fake[torch.randperm(len(fake), generator=gen)[:m]].float()
         kxx, kyy, kxy = ((a @ b.T).div_(dim).add_(1).pow_(3) for a, b in ((x, x), (y, y), (x, y)))
-
-        def off_diagonal(k: Tensor) -> Tensor:
-            return k.sum(dtype=torch.float64) - k.diagonal().sum(dtype=torch.float64)
-
-        within = (off_diagonal(kxx) + off_diagonal(kyy)) / (m * (m - 1))
+        within = (_off_diagonal_sum(kxx) + _off_diagonal_sum(kyy)) / (m * (m - 1))
         values.append(within - 2 * kxy.sum(dtype=torch.float64) / (m * m))
     stacked = torch.stack(values)
     return float(stacked.mean()), float(stacked.std()) if subsets > 1 else 0.0

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--fixed-z draws the training grid's 64 images; leave --num out")
         if out.suffix == ".png" and args.num % 8:
             p.error(f"a grid needs a multiple of 8 images, got --num {args.num}")
-        if args.scale is not None and not 1 <= args.scale <= 16:
-            p.error(f"--scale must lie in 1..16, got {args.scale}")
+        if args.scale is not None and not 1 <= args.scale <= config.MAX_GRID_SCALE:
+            p.error(f"--scale must lie in 1..{config.MAX_GRID_SCALE}, got {args.scale}")
         G, cfg = load_generator(args.checkpoint, cli.device(args.device), use_ema=not args.no_ema)
     except DistganError as e:
         print(f"error: {e}", file=sys.stderr)
