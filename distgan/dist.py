@@ -159,7 +159,7 @@ def check_ranks_agree(accelerator: Accelerator, **modules: nn.Module) -> list[fl
     parts = {name: checksums(m) for name, m in modules.items()}
     local = torch.cat(list(parts.values())).to(accelerator.device)
     everyone = accelerator.gather(local.reshape(1, -1)).cpu()  # (world, n)
-    differs = (everyone != everyone[0]).any(0)
+    differs = ((everyone != everyone[0]) & ~(everyone.isnan() & everyone[0].isnan())).any(0)  # NaN: the caller's
     bad, start = [], 0
     for name, part in parts.items():
         if differs[start : start + len(part)].any():

@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
+    except KeyboardInterrupt:  # a second Ctrl-C (signals.py), or one before training: no save, no traceback
+        print("interrupted: stopped at once, nothing saved since the last checkpoint", file=sys.stderr)
+        return 130  # 128 + SIGINT, as for one Ctrl-C
     except (DistganError, OSError) as e:  # ours say what to do; the system's (a full disk) say what failed
         print(f"error: {e}", file=sys.stderr)
         return 1

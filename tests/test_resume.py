@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from safetensors.torch import load_file
 
 from distgan import checkpoint
 from distgan.dist import free_port
-from tests.conftest import REPO, environment, python, tiny_overrides
+from tests.conftest import REPO, environment, launch, python, tiny_overrides
 from tests.conftest import run as run_command
 from tests.test_train import train as run_training
 
@@ -149,8 +151,8 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(straight, tmp_path, npr
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert "stopped by signal 15 at step" in err and "--resume" in err, err[-3000:]
-    if nproc == 1:
-        assert proc.returncode == 128 + signal.SIGTERM
+    assert err.count("stopped by signal 15 at step") == nproc, "every rank stops on it (each says so)"
+    assert proc.returncode == launcher_exit_code(signal.SIGTERM, nproc)
     tag = checkpoint.read_pointer(run_dir / "checkpoints", "latest")
     assert tag != "epoch-001" and (run_dir / "checkpoints" / tag / "train.safetensors").is_file()
     stops = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines() if '"stop"' in r]
@@ -160,29 +162,159 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(straight, tmp_path, npr
     assert_same_training(reference, run_dir)
 
 
-@pytest.mark.real_data
-def test_a_nan_stops_the_run_names_the_network_and_keeps_the_last_good_checkpoint(mnist_root, tmp_path):
-    first = run(tmp_path, "nan", 1, "train.epochs=1", "eval.every_epochs=0")
+QUICK = ["--config", "configs/default.yaml", "data.dataset=synthetic", "train.batch_size=64", "train.log_every=1"]
+STOP_MESSAGE = re.compile(
+    r"(D's loss|G's loss|D's output on real images|D's output on fakes|the weights of [GD_ema, ]+) became "
+    r"non-finite \(NaN or inf\) at step (\d+)"
+)
+
+
+def quick(tmp_path: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    """A few synthetic steps of the default on N processes into tmp_path/q."""
+    threads = {"train.threads": 1} if nproc > 1 else {}
+    args = [*QUICK, *tiny_overrides(tmp_path, "q", **threads), *extra]
+    return python("distgan.train", *args, timeout=300) if nproc == 1 else launch(args, nproc=nproc, timeout=300)
+
+
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("blow_up", "quantity"),
+    [
+        # D's learning rate absurd: D's first update blows it up, so G's loss, computed through D in the
+        # same step, is the first non-finite value
+        (["optim.d.lr=1.0e30", "train.max_steps=8"], "G's loss"),
+        # G's one update overflows float32 after its loss was computed: only the weights are non-finite
+        (["optim.g.lr=1.0e39", "train.max_steps=3"], "the weights of G, G_ema"),
+    ],
+    ids=["loss", "weights"],
+)
+def test_a_non_finite_loss_or_weight_stops_every_rank_and_saves_nothing(tmp_path, nproc, blow_up, quantity):
+    """A NaN stops every rank (the launch ends, none waits in a collective), names what became non-finite
+    and the step, points at the last good checkpoint, and writes nothing after it."""
+    first = quick(tmp_path, nproc, "train.max_steps=2")
     assert first.returncode == 0, first.stderr[-3000:]
-    ckpts = tmp_path / "nan" / "checkpoints"
-    before = {p.name: p.read_bytes() for p in (ckpts / "epoch-001").iterdir()}
-    blown = run(
-        tmp_path,
-        "nan",
-        1,
-        "train.epochs=2",
-        "eval.every_epochs=0",
-        "optim.d.lr=1.0e30",
-        "optim.g.lr=1.0e30",
-        "--resume",
-        "auto",
+    ckpts = tmp_path / "q" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in (ckpts / "step-000002").iterdir()}
+    blown = quick(tmp_path, nproc, *blow_up, "--resume", "auto")
+    assert blown.returncode == 1, blown.stderr[-3000:]
+    found = STOP_MESSAGE.search(blown.stderr)
+    assert found is not None and found.group(1) == quantity, blown.stderr[-3000:]
+    assert int(found.group(2)) >= 2
+    assert blown.stderr.count("became non-finite") == nproc, "every rank stops on it (each says so)"
+    frames = [line for line in blown.stderr.splitlines() if line.strip().startswith("File ")]
+    assert not [f for f in frames if "/distgan/" in f], (
+        "a message, not a traceback (accelerate's launcher prints its own)"
     )
-    assert blown.returncode == 1
-    assert "became non-finite (NaN or inf) at step" in blown.stderr and "loss" in blown.stderr
-    assert f"the last good checkpoint is {ckpts / 'epoch-001'}" in blown.stderr
-    assert checkpoint.read_pointer(ckpts, "latest") == "epoch-001"
-    assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["epoch-001"]
-    assert {p.name: p.read_bytes() for p in (ckpts / "epoch-001").iterdir()} == before
+    assert f"the last good checkpoint is {ckpts / 'step-000002'}" in blown.stderr
+    assert checkpoint.read_pointer(ckpts, "latest") == "step-000002"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-000002"], "nothing saved after it"
+    assert {p.name: p.read_bytes() for p in (ckpts / "step-000002").iterdir()} == before
+    logged = [json.loads(r) for r in (tmp_path / "q" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r[k]) for r in logged for k in ("loss_d", "loss_g") if k in r), "no NaN logged"
+
+
+def launcher_exit_code(signum: int, nproc: int) -> int:
+    """What the command a user typed returns after a signal stopped the run: 128 + the signal's number on
+    one process; under accelerate launch (torch elastic) the launcher forwards the signal, each rank saves
+    and exits 128 + N, and the launcher itself reports the signal as its failure and exits 1."""
+    return 128 + signum if nproc == 1 else 1
+
+
+def receivers(launcher: int, signum: int, nproc: int) -> list[int]:
+    """Where a signal goes: a terminal's Ctrl-C and `kill`/SLURM's SIGTERM reach the command typed (under
+    accelerate launch, torch elastic forwards SIGINT and SIGTERM to every rank, each in its own session);
+    SIGUSR1 must be sent to the ranks themselves (torch elastic does not forward it: it ends the launcher)."""
+    if nproc == 1 or signum != signal.SIGUSR1:
+        return [launcher]
+    deadline, ranks = time.time() + 30, []
+    while len(ranks) < nproc:
+        assert time.time() < deadline, "the ranks did not start"
+        tasks = Path(f"/proc/{launcher}/task").iterdir()
+        ranks = [int(c) for t in tasks for c in (t / "children").read_text().split()]
+        time.sleep(0.05)
+    return ranks
+
+
+# Training that runs until a signal stops it: synthetic data, one metrics row per step, no epoch-end saves.
+ENDLESS = [*QUICK, "train.epochs=100000", "output.checkpoint_every_epochs=100000", "output.sample_every_epochs=100000"]
+
+
+def logged_steps(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().count('"loss_d"') if path.exists() else 0
+
+
+@pytest.mark.parametrize(
+    ("nproc", "signum"),
+    [
+        (1, signal.SIGINT),
+        (1, signal.SIGUSR1),
+        pytest.param(2, signal.SIGINT, marks=pytest.mark.slow),
+        pytest.param(2, signal.SIGUSR1, marks=pytest.mark.slow),
+    ],
+    ids=["sigint-1", "sigusr1-1", "sigint-2", "sigusr1-2"],
+)
+def test_a_signal_finishes_the_step_saves_and_exits_128_plus_its_number(tmp_path, nproc, signum):
+    """Ctrl-C (SIGINT to the terminal's process group) and SLURM's SIGUSR1: a step checkpoint where the run
+    stopped, a stop row naming it, the resume command, and the exit code of :func:`launcher_exit_code`."""
+    threads = {"train.threads": 1} if nproc > 1 else {}
+    args = [*ENDLESS, *tiny_overrides(tmp_path, "sig", **threads)]
+    env = {"NPROC": nproc, "MASTER_PORT": free_port()}
+    cmd = [sys.executable, "-m", "distgan.train", *args] if nproc == 1 else [REPO / "launch" / "cpu_multi.sh", *args]
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=environment(env),
+        start_new_session=True,
+    )
+    run_dir, deadline = tmp_path / "sig", time.time() + 120
+    while logged_steps(run_dir) < 3:
+        assert proc.poll() is None and time.time() < deadline, "no training steps logged"
+        time.sleep(0.05)
+    for pid in receivers(proc.pid, signum, nproc):
+        os.kill(pid, signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == launcher_exit_code(signum, nproc), err[-3000:]
+    assert err.count(f"stopped by signal {signum} at step") == nproc, "every rank stops on it (each says so)"
+    stopped = re.search(rf"stopped by signal {signum} at step (\d+) with a checkpoint.*--resume {run_dir}", err)
+    assert stopped is not None, err[-3000:]
+    step = int(stopped.group(1))
+    tag = checkpoint.read_pointer(run_dir / "checkpoints", "latest")
+    assert tag == f"step-{step:06d}" and step >= 3
+    state = json.loads((run_dir / "checkpoints" / tag / "state.json").read_text())
+    assert state["counters"]["step"] == step
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss_d" in r] == list(range(step)), "every step before the stop, once"
+    assert [r["checkpoint"] for r in rows if r.get("event") == "stop"] == [f"checkpoints/{tag}"]
+
+
+def test_a_second_ctrl_c_interrupts_at_once_with_one_line(tmp_path, capsys, monkeypatch):
+    """The first SIGINT is a request (the step finishes, a checkpoint is saved); a second one while that is
+    under way stops at once: KeyboardInterrupt, which the CLI turns into one line and exit code 130."""
+    from distgan import train as train_module
+    from distgan.signals import StopRequest
+
+    stop = StopRequest().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs between two bytecodes of this thread
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    finally:
+        stop.uninstall()
+
+    def interrupted(cfg, resume):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert train_module.main(["--config", str(REPO / "configs" / "default.yaml"), *tiny_overrides(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: stopped at once, nothing saved since the last checkpoint" in err and "Traceback" not in err
 
 
 @pytest.mark.real_data
