@@ -57,6 +57,8 @@ def test_few_step_run_writes_grid_checkpoint_metrics_and_offline_wandb(mnist_roo
     assert [r["_step"] for r in logged if "train/r1" in r] == [0, 4]
     assert any(r.get("samples/_type") == "images/separated" for r in logged)
     assert wandb_reader.config(run_file)["train"]["batch_size"] == 256
+    info = wandb_reader.run_info(run_file)  # without output.wandb_group: grouped by config, named after the folder
+    assert info["group"] == "default" and info["job_type"] == "default" and info["name"] == "smoke"
 
 
 @pytest.mark.real_data
@@ -150,10 +152,19 @@ def test_existing_run_folder_is_never_overwritten(mnist_root, tmp_path):
 
 @pytest.mark.real_data
 def test_bf16_trains_on_cpu_with_float32_losses(mnist_root, tmp_path):
-    run = train(tmp_path, "bf16", "train.max_steps=5", "train.mixed_precision=bf16")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["loss_d"]) and np.isfinite(r["loss_g"]) for r in rows if "loss_d" in r)
-    assert "mixed_precision: bf16" in (run / "config.yaml").read_text()
+    """bf16 really computes in bf16 (its first losses differ from float32's by bf16 rounding, not more),
+    its weights stay float32 and its losses finite."""
+    runs = {p: train(tmp_path, f"p-{p}", "train.max_steps=3", f"train.mixed_precision={p}") for p in ("bf16", "no")}
+    rows = {p: [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for p, r in runs.items()}
+    steps = {p: [r for r in rows[p] if "loss_d" in r] for p in rows}
+    assert all(np.isfinite(r["loss_d"]) and np.isfinite(r["loss_g"]) for r in steps["bf16"])
+    first_bf16, first_fp32 = steps["bf16"][0], steps["no"][0]  # the same weights, data and noise at step 0
+    for key in ("loss_d", "d_real", "d_fake"):
+        gap = abs(first_bf16[key] - first_fp32[key]) / abs(first_fp32[key])
+        assert 1e-5 < gap < 5e-2, f"{key}: bf16 {first_bf16[key]} against float32 {first_fp32[key]}"
+    assert "mixed_precision: bf16" in (runs["bf16"] / "config.yaml").read_text()
+    weights = load_file(next((runs["bf16"] / "checkpoints").glob("step-*")) / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
 
 
 @pytest.mark.parametrize(
@@ -203,6 +214,7 @@ def test_wandb_dashboard_holds_losses_grad_norms_speed_evaluations_and_grid(tmp_
         "train/grad_norm_d",
         "train/grad_norm_g",
         "epoch/img_per_s",
+        "epoch/seconds",
         "epoch/lr_g",
         "epoch/lr_d",
         "eval/fid",
