@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import shutil
 import signal
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from distgan import compare, jobs
+from distgan import compare, config, jobs, tracking
 from distgan.dist import free_port
 from tests import wandb_reader
 from tests.conftest import REPO, environment, python, run
@@ -43,9 +45,11 @@ def configs(tmp_path: Path) -> list[str]:
     return paths
 
 
-def run_compare(paths: list[str], out: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_compare(
+    paths: list[str], out: Path, runs: Path, *extra: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
     args = [*paths, "--epochs", "2", "--seeds", "0,1", "--out", str(out), "--runs-dir", str(runs), *extra]
-    return python("distgan.compare", *args, timeout=600)
+    return python("distgan.compare", *args, env=env, timeout=600)
 
 
 def table(path: Path) -> list[dict]:
@@ -53,33 +57,131 @@ def table(path: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if not k.startswith(compare.TIMING)} for row in csv.DictReader(f)]
 
 
+# The --set every run of the shared comparison gets: eval.samples, which its configs set to 300
+SET_SAMPLES = 256
+SHARED = ("--set", "output.tracker=wandb", "--set", f"eval.samples={SET_SAMPLES}")
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory) -> dict:
+    """One comparison shared by the tests that read it: 2 configs x 2 seeds, 2 epochs, on the synthetic
+    dataset, logged to offline W&B, with a --set. Its report folder is ``rep`` (the W&B group)."""
+    tmp = tmp_path_factory.mktemp("comparison")
+    paths = configs(tmp)
+    env = {  # the autouse _quiet_wandb fixture is function-scoped: a module fixture sets W&B's env itself
+        "WANDB_MODE": os.environ.get("DISTGAN_TEST_WANDB_MODE", "offline"),
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(tmp),
+    }
+    proc = run_compare(paths, tmp / "rep", tmp / "runs", *SHARED, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"paths": paths, "out": tmp / "rep", "runs": tmp / "runs", "env": env}
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def evals(run: Path) -> list[dict]:
+    """A run's evaluations: the ``"event": "eval"`` rows of its metrics.jsonl."""
+    rows = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [r for r in rows if r.get("event") == "eval"]
+
+
 @pytest.mark.slow
-def test_the_same_comparison_twice_gives_the_same_tables_and_a_rerun_reuses_runs(tmp_path):
-    paths = configs(tmp_path)
-    first = run_compare(paths, tmp_path / "report1", tmp_path / "runs1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = run_compare(paths, tmp_path / "report2", tmp_path / "runs2")  # trained again from scratch
+def test_the_same_comparison_twice_gives_the_same_tables_and_a_rerun_reuses_runs(comparison, tmp_path):
+    paths, report1, runs1 = comparison["paths"], comparison["out"], comparison["runs"]
+    second = run_compare(paths, tmp_path / "report2", tmp_path / "runs2", *SHARED, env=comparison["env"])
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "reusing" not in second.stdout
+    assert "reusing" not in second.stdout  # trained again from scratch
     for name in ("table.csv", "runs.csv"):
-        a, b = table(tmp_path / "report1" / name), table(tmp_path / "report2" / name)
+        a, b = table(report1 / name), table(tmp_path / "report2" / name)
         assert a == b, name  # identical apart from the timing columns
-    rows = table(tmp_path / "report1" / "table.csv")
+    rows = table(report1 / "table.csv")
     assert [r["config"] for r in rows] == ["narrow", "wide"] and rows[0]["seeds"] == "0 1"
     assert all(float(r["final_fid"]) > 0 and r["final_fid_std"] != "" for r in rows)
-    runs = table(tmp_path / "report1" / "runs.csv")
+    runs = table(report1 / "runs.csv")
     assert len(runs) == 4 and runs[0]["final_fid"] != runs[1]["final_fid"]  # seeds differ
     for name in ("report.md", "curves.png", "montage.png"):
-        assert (tmp_path / "report1" / name).stat().st_size > 1000
-    report = (tmp_path / "report1" / "report.md").read_text()
+        assert (report1 / name).stat().st_size > 1000
+    report = (report1 / "report.md").read_text()
     assert "| narrow |" in report and "![montage](montage.png)" in report
     assert "2 configs, 2 seeds (0, 1), 2 epochs each;" in report
     assert f"Command: `python -m distgan.compare {paths[0]} {paths[1]} --epochs 2 --seeds 0,1" in report
 
-    third = run_compare(paths, tmp_path / "report3", tmp_path / "runs1")  # same runs folder: nothing to train
+    # the same runs folder: nothing to train
+    third = run_compare(paths, tmp_path / "report3", runs1, *SHARED, env=comparison["env"])
     assert third.returncode == 0, third.stderr[-3000:]
-    assert third.stdout.count("reusing") == 4 and len(list((tmp_path / "runs1").iterdir())) == 4
-    assert table(tmp_path / "report3" / "table.csv") == table(tmp_path / "report1" / "table.csv")
+    assert third.stdout.count("reusing") == 4 and len(list(runs1.iterdir())) == 4
+    assert table(tmp_path / "report3" / "table.csv") == table(report1 / "table.csv")
+
+
+@pytest.mark.slow
+def test_set_reaches_the_stored_config_of_every_run(comparison):
+    """README: `--set KEY=VALUE` overrides every run. The configs say eval.samples 300; the --set's value is
+    in each run's config.yaml and is what each of its evaluations drew."""
+    runs = sorted(comparison["runs"].iterdir())
+    assert len(runs) == 4
+    for folder in runs:
+        assert config.load(folder / "config.yaml").eval.samples == SET_SAMPLES, folder.name
+        samples = [r["samples"] for r in evals(folder)]
+        assert samples == [SET_SAMPLES] * 2, folder.name  # an evaluation per epoch, each of the --set's size
+
+
+def first_epoch_under(run: Path, threshold: float) -> int | None:
+    """The first epoch whose evaluation's FID is at or below ``threshold``, from the run's metrics.jsonl."""
+    return next((r["epoch"] for r in evals(run) if r["fid"] <= threshold), None)
+
+
+@pytest.mark.slow
+def test_fid_threshold_gives_the_first_epoch_at_or_under_it(comparison, tmp_path, monkeypatch, capsys):
+    """--fid-threshold T: runs.csv's epochs_to_fid is the first epoch whose evaluation scored FID <= T (the
+    report's column reads "epoch FID<=T"), recomputed from each run's metrics.jsonl eval rows, and table.csv's
+    `reached` counts the seeds that got there. Every threshold tried is one of the FIDs the runs scored, so a
+    strict < and a <= differ at each; --report-only rereads the finished runs without training."""
+    monkeypatch.setattr(tracking, "summary_run", lambda *a, **k: None)  # no W&B report run from this process
+    runs = sorted(comparison["runs"].iterdir())
+    fids = sorted({r["fid"] for folder in runs for r in evals(folder)})
+    assert len(fids) == 8  # 4 runs x 2 evaluations
+    args = [*comparison["paths"], "--epochs", "2", "--seeds", "0,1", "--runs-dir", str(comparison["runs"]), *SHARED]
+    seen = set()
+    for i, threshold in enumerate(fids):
+        out = tmp_path / f"t{i}"
+        assert compare.main([*args, "--out", str(out), "--fid-threshold", repr(threshold), "--report-only"]) == 0
+        assert f"epoch FID<={threshold:g}" in capsys.readouterr().out
+        by_run = {r["run"]: r["epochs_to_fid"] for r in csv_rows(out / "runs.csv")}
+        expected = {folder.name: first_epoch_under(folder, threshold) for folder in runs}
+        assert by_run == {k: "" if v is None else str(v) for k, v in expected.items()}, threshold
+        for row in csv_rows(out / "table.csv"):
+            reached = [v for k, v in expected.items() if k.startswith(row["config"] + "-")]
+            assert row["reached"] == f"{sum(v is not None for v in reached)}/2", threshold
+        seen.update(expected.values())
+    assert {None, 1, 2} <= seen  # the thresholds met runs that never got there, got there at once, and later
+
+
+@pytest.mark.slow
+def test_table_std_columns_are_the_sample_std_of_the_runs(comparison):
+    """table.csv's `<metric>_std` is the sample standard deviation (ddof 1) over the config's seeds of the
+    per-run values in runs.csv (0 for a single value, empty for none), and `<metric>` their mean."""
+    runs = csv_rows(comparison["out"] / "runs.csv")
+    rows = csv_rows(comparison["out"] / "table.csv")
+    assert [r["config"] for r in rows] == ["narrow", "wide"]
+    spread = 0
+    for row in rows:
+        mine = [r for r in runs if r["config"] == row["config"]]
+        assert len(mine) == 2
+        for key in compare.METRICS:
+            values = [float(r[key]) for r in mine if r[key] != ""]
+            if not values:
+                assert row[key] == row[f"{key}_std"] == "", key
+                continue
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            assert float(row[key]) == pytest.approx(mean, rel=1e-12), (row["config"], key)
+            assert float(row[f"{key}_std"]) == pytest.approx(std, rel=1e-9, abs=1e-12), (row["config"], key)
+            spread += std > 0
+    assert spread >= 4  # the seeds differ, so ddof matters (FID, KID, IS, timings at least)
 
 
 @pytest.mark.slow
@@ -166,18 +268,22 @@ def test_slurm_submits_an_array_and_a_report_job_whose_tasks_run_here(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_comparison_logged_to_wandb_adds_one_summary_run_with_the_table(tmp_path):
-    paths = configs(tmp_path)
-    args = [paths[0], "--epochs", "1", "--out", str(tmp_path / "rep"), "--runs-dir", str(tmp_path / "runs")]
-    proc = python("distgan.compare", *args, "--set", "output.tracker=wandb", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (summary,) = (tmp_path / "rep" / "wandb").glob("offline-run-*/run-*.wandb")
+def test_a_comparison_logged_to_wandb_groups_its_runs_and_adds_one_summary_run_with_the_table(comparison):
+    """README: the runs share a W&B group named after the report folder, and one more run in that group,
+    `<out>-report` (job type `report`), holds the table, the curves and the montage."""
+    out = comparison["out"]
+    (summary,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
     info = wandb_reader.run_info(summary)
-    assert info["group"] == "rep" and info["job_type"] == "report" and info["name"] == "rep-report"
+    assert (info["group"], info["job_type"], info["name"]) == (out.name, "report", f"{out.name}-report"), info
     logged = {k for row in wandb_reader.history(summary) for k in row}
     assert {"report/table/_type", "report/curves/_type", "report/montage/_type"} <= logged, sorted(logged)
-    (run_file,) = (tmp_path / "runs").glob("*/wandb/offline-run-*/run-*.wandb")
-    assert wandb_reader.run_info(run_file)["group"] == "rep"  # the runs: the same group
+    run_files = sorted(comparison["runs"].glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 4  # one W&B run per (config, seed)
+    for run_file in run_files:
+        run = run_file.parents[2]  # <run>/wandb/offline-run-*/run-*.wandb
+        info = wandb_reader.run_info(run_file)
+        assert info["group"] == out.name, (run.name, info)  # the runs: the report's group
+        assert info["name"] == run.name and info["job_type"] == run.name.split("-s")[0], info
 
 
 def test_a_failing_job_does_not_stop_the_others(tmp_path):
@@ -222,7 +328,9 @@ def test_jobs_split_the_cores_and_refuse_nonsense(monkeypatch):
             compare.slots_for(bad, 1, 10)
 
 
-def test_compare_resumes_interrupted_runs_restarts_empty_ones_and_refuses_missing_configs_and_bad_arguments(tmp_path):
+def test_compare_resumes_interrupted_runs_restarts_empty_ones_and_refuses_missing_configs_and_bad_arguments(
+    tmp_path, capsys
+):
     paths = configs(tmp_path)
     entries = compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")
     run = entries[0]["run"]
@@ -234,8 +342,11 @@ def test_compare_resumes_interrupted_runs_restarts_empty_ones_and_refuses_missin
     fresh = compare.plan(paths[:1], [0], 2, [], tmp_path / "runs", "g")[0]
     assert "--resume" not in fresh["overrides"] and not fresh["reuse"]
     assert compare.main([str(tmp_path / "nope.yaml"), "--epochs", "1", "--out", str(tmp_path / "r")]) == 1
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
         compare.main([paths[0], "--epochs", "1", "--seeds", "a,b", "--out", str(tmp_path / "r")])
+    assert refused.value.code == 2, refused.value.code  # argparse's usage error: a failure, never 0
+    assert "--seeds" in capsys.readouterr().err
 
 
 def test_run_names_follow_the_config_and_ignore_where_runs_live(tmp_path):

@@ -3,17 +3,21 @@ caching, and the command line."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from distgan import evaluate, metrics
+from distgan import data, evaluate, metrics
+from distgan.models.classifier import Classifier
 from tests.conftest import REPO
 
 
@@ -113,6 +117,48 @@ def test_synthetic_evaluator_is_deterministic_cached_and_keyed_by_its_recipe(tmp
     assert a.info["test_accuracy"] > 0.8  # chance is 0.1; one epoch is enough to learn the classes
     other = evaluate.cache_path(tmp_path / "a", "synthetic", evaluate.Recipe(epochs=2, batch_size=64))
     assert other != a.path  # another recipe never reuses a cached evaluator
+
+
+def test_the_evaluator_cache_key_covers_the_architecture_and_the_data_files_and_nothing_else(monkeypatch, tmp_path):
+    """README: the evaluator is cached as `data/evaluators/mnist-<hash>.safetensors`, "the hash covering the
+    recipe, the architecture and the data files' sha256". On the key alone (cache_path; nothing refitted):
+    another architecture tag, or one data file's sha256 changed, names another file; an equal recipe, another
+    root, or where the files come from (mirror, probe host) name the same one: the evaluator the README
+    measured with."""
+
+    def key(dataset: str = "mnist", root: Path = tmp_path) -> str:
+        return evaluate.cache_path(root, dataset).name
+
+    base, fashion, synthetic = key(), key("fashion_mnist"), key("synthetic")
+    assert evaluate.cache_path(tmp_path / "elsewhere", "mnist", evaluate.Recipe()).name == base
+    mnist = data.DATASETS["mnist"]
+    with monkeypatch.context() as m:
+        m.setitem(data.DATASETS, "mnist", dataclasses.replace(mnist, mirror=None, probe_host="example.org"))
+        assert key() == base  # where the files are fetched from is not what they are
+    with monkeypatch.context() as m:
+        m.setattr(evaluate, "ARCH", evaluate.ARCH + "-next")
+        assert key() != base and key("fashion_mnist") != fashion and key("synthetic") != synthetic
+    assert key() == base
+    for name, spec in mnist.files.items():
+        with monkeypatch.context() as m:
+            m.setitem(mnist.files, name, dataclasses.replace(spec, sha256=hashlib.sha256(b"other").hexdigest()))
+            assert key() != base, name
+            assert key("fashion_mnist") == fashion, name  # another dataset's files: its key stays
+        assert key() == base
+    named = re.search(r"data/evaluators/(mnist-[0-9a-f]{12})", (REPO / "README.md").read_text()).group(1)
+    assert base == f"{named}.safetensors"  # the README's figures come from the evaluator this code keys
+
+
+# evaluate.ARCH is a tag bumped by hand when models/classifier.py changes; the network each tag names, as
+# blake2b (8 bytes) of repr(Classifier()): record a new tag's fingerprint here when the classifier changes.
+ARCHITECTURES = {"classifier-v1": "3c713ca74f7b1308"}
+
+
+def test_the_architecture_tag_names_the_classifier_that_is_built():
+    """The cache key covers the architecture through evaluate.ARCH only: a classifier changed without a new
+    tag would reuse a cached evaluator of the old network. So the tag is pinned to the network it names."""
+    fingerprint = hashlib.blake2b(repr(Classifier()).encode(), digest_size=8).hexdigest()
+    assert ARCHITECTURES.get(evaluate.ARCH) == fingerprint, "models/classifier.py changed: bump evaluate.ARCH"
 
 
 def test_a_damaged_evaluator_cache_says_how_to_recover(tmp_path):

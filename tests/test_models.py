@@ -1,12 +1,16 @@
-"""Models: shapes, logits, registry errors, and the weight sizes the blog states."""
+"""Models: shapes, logits, registry errors, and the weight sizes the blog and the README state."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
-from distgan import models
+from distgan import config, models
 from distgan.config import ConfigError
+from tests.conftest import REPO
+from tests.model_checks import assert_returns_logits, readme_table, size_as_shown
 
 
 @pytest.mark.parametrize("name", sorted(models.GENERATORS))
@@ -21,10 +25,48 @@ def test_generator_shapes_and_range(name):
 
 @pytest.mark.parametrize("name", sorted(models.DISCRIMINATORS))
 def test_discriminator_returns_one_logit_per_image(name):
+    """Every registered D: one float32 value per image, and a logit (no sigmoid or other bound after its last
+    layer), as the README's "Every D returns logits" and the losses on logits need."""
+    torch.manual_seed(0)
     D = models.build_discriminator(name).eval()
     out = D(torch.rand(5, 1, 28, 28))
     assert out.shape == (5,)
     assert out.dtype == torch.float32
+    assert_returns_logits(D)
+
+
+CONFIGURED = [config.load(p).model for p in sorted((REPO / "configs").glob("*.yaml"))]
+"""Every config's model section."""
+
+
+def built_as_configured(name: str) -> list[torch.nn.Module]:
+    """``name`` as each config in configs/ that uses it builds it (its z_dim and args); a model no config uses,
+    as the built-in defaults (``config.ModelConfig``) build it."""
+    kind = "g" if name in models.GENERATORS else "d"
+    uses = [m for m in CONFIGURED if getattr(m, kind) == name] or [config.ModelConfig(**{kind: name})]
+    if kind == "g":
+        return [models.build_generator(name, m.z_dim, m.g_args) for m in uses]
+    return [models.build_discriminator(name, m.d_args) for m in uses]
+
+
+MODELS_TABLE = readme_table("Models")
+
+
+def test_the_readme_models_table_lists_every_registered_model():
+    listed = [n for row in MODELS_TABLE for n in re.findall(r"`(\w+)`", row["name"])]
+    assert sorted(listed) == sorted([*models.GENERATORS, *models.DISCRIMINATORS])
+
+
+@pytest.mark.parametrize("row", MODELS_TABLE, ids=[r["name"].replace("`", "") for r in MODELS_TABLE])
+def test_weight_sizes_match_the_readme_models_table(row):
+    """Each row's float32 weights (before any '(blog: ...)' note), at the README's own precision, against each
+    of its models as every config that uses it builds it."""
+    names = re.findall(r"`(\w+)`", row["name"])
+    shown = re.findall(r"\d+(?:\.\d+)? [KM]B", row["float32 weights"].partition("(")[0])
+    assert len(shown) == len(names), f"{names}: sizes {shown}"
+    for name, size in zip(names, shown, strict=True):
+        for module in built_as_configured(name):
+            assert size_as_shown(models.weight_bytes(module), size) == size, f"{name}: {models.weight_bytes(module)} B"
 
 
 # The blog's figures (../shared/seed/DIGEST.md): saved weights of each network, float32.
