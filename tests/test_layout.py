@@ -120,3 +120,20 @@ def test_the_readme_names_the_slurm_signal_the_scripts_ask_for():
     asked = set(re.findall(r"--signal=(?:B:)?([A-Z0-9]+@\d+)", (ROOT / "launch" / "slurm.sbatch").read_text()))
     asked |= set(re.findall(r"--signal=(?:B:)?([A-Z0-9]+@\d+)", (ROOT / "distgan" / "compare.py").read_text()))
     assert said and said <= asked, said - asked
+
+
+def test_every_test_the_readme_map_names_exists():
+    """The README's "What is tested" map: every row names tests, and each named test is a function of the
+    named file (a renamed or deleted test fails here, so the map cannot rot)."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("What is tested:") :]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| promise")]
+    assert len(rows) >= 30, "the map lists the README's promises"
+    for row in rows:
+        named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row)
+        assert named, f"a promise with no test: {row}"
+        for file, name in named:
+            path = ROOT / "tests" / file
+            assert path.is_file(), f"{file} (in the README's map) does not exist"
+            defined = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+            assert name in defined, f"{file}::{name} (in the README's map) does not exist"

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from distgan import checkpoint
 from distgan.dist import free_port
+from tests import wandb_reader
 from tests.conftest import REPO, environment, launch, python, tiny_overrides
 from tests.conftest import run as run_command
 from tests.test_train import train as run_training
@@ -315,6 +316,49 @@ def test_a_second_ctrl_c_interrupts_at_once_with_one_line(tmp_path, capsys, monk
     assert train_module.main(["--config", str(REPO / "configs" / "default.yaml"), *tiny_overrides(tmp_path)]) == 130
     err = capsys.readouterr().err
     assert "interrupted: stopped at once, nothing saved since the last checkpoint" in err and "Traceback" not in err
+
+
+def best_is_lowest_fid(run: Path) -> bool:
+    """Check that ``best`` names the checkpoint of the lowest FID so far; say whether that is not the newest."""
+    evals = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]
+    lowest = min(evals, key=lambda e: e["fid"])["epoch"]
+    assert checkpoint.read_pointer(run / "checkpoints", "best") == f"epoch-{lowest:03d}", [e["fid"] for e in evals]
+    return lowest != evals[-1]["epoch"]
+
+
+def test_a_run_folder_alone_resumes_the_same_wandb_run_keeps_the_best_and_sums_up(tmp_path):
+    """``--resume RUN`` without --config continues with the stored config and the same W&B run; ``best``
+    names the lowest-FID checkpoint so far at every save (measured FIDs 2,332, 2,498, 1,638: after epoch 2
+    the best is not the newest); summary.json adds up the whole run."""
+    syn = ["data.dataset=synthetic", "train.batch_size=128", "train.epochs=2", "eval.every_epochs=1"]
+    run = run_training(tmp_path, "w", *syn, "eval.samples=400", "output.tracker=wandb")
+    shown = [best_is_lowest_fid(run)]
+    proc = python("distgan.train", "--resume", str(run), "train.epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown.append(best_is_lowest_fid(run))
+    assert True in shown, "at one save the lowest FID was not the newest checkpoint's (else this shows nothing)"
+
+    files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    infos = [wandb_reader.run_info(f) for f in files]
+    assert len(files) == 2 and infos[0]["id"] == infos[1]["id"], infos
+    state = json.loads((run / "checkpoints" / "epoch-003" / "state.json").read_text())
+    assert infos[1]["id"] == state["counters"]["wandb_id"]
+    steps = [[r["_step"] for r in wandb_reader.history(f) if "train/loss_d" in r] for f in files]
+    assert steps == [list(range(32)), list(range(32, 48))], "the resumed W&B run continues at the next step"
+
+    summary = json.loads((run / "summary.json").read_text())
+    weights = load_file(run / "checkpoints" / "epoch-003" / "model.safetensors")
+    assert summary["name"] == "default" and summary["steps"] == 48 and summary["nimg"] == 48 * 128
+    assert summary["resumed_from_step"] == 32 and summary["world"] == 1 and summary["device"] == "cpu"
+    assert summary["mixed_precision"] == "no" and summary["compile"] == "no"
+    assert summary["seconds"] >= state["counters"]["train_seconds"] > 0  # both runs' time, to the end
+    assert summary["img_per_s"] == pytest.approx(summary["nimg"] / summary["seconds"], rel=1e-3)
+    for net in ("G", "D"):
+        assert summary[f"params_{net.lower()}"] == sum(
+            t.numel()
+            for k, t in weights.items()
+            if k.startswith(f"{net}.") and "running" not in k and "num_batches" not in k
+        )
 
 
 @pytest.mark.real_data

@@ -240,3 +240,65 @@ class _Squeeze(nn.Module):
 
     def forward(self, x):
         return self.net(x).squeeze(1)
+
+
+@pytest.mark.parametrize(
+    ("config", "d_forward", "separate"),
+    [
+        ("v5", "auto", True),  # ref_d has BatchNorm1d
+        ("default", "auto", False),  # mlp_d: none
+        ("v4.1", "auto", False),  # Dropout does not couple a batch
+        ("v5", "joint", False),
+        ("default", "separate", True),
+    ],
+)
+def test_d_forward_auto_runs_real_and_fakes_through_d_apart_exactly_when_d_has_batchnorm(config, d_forward, separate):
+    """`train.d_forward: auto`: D sees real and fake images in separate forward passes (each batch its own
+    BatchNorm statistics) when it has BatchNorm, in one joint pass otherwise; counted on D's forwards of a
+    real training step built as the trainer builds it."""
+    from accelerate import Accelerator
+
+    from distgan.config import load
+    from tests.conftest import REPO
+
+    overrides = [f"train.d_forward={d_forward}", "train.batch_size=8", "train.g_steps=1", "train.d_steps=1"]
+    cfg = load(REPO / "configs" / f"{config}.yaml", overrides)
+    torch.manual_seed(0)
+    G, D = models.build_pair(cfg.model)
+    batches = []
+    D.register_forward_hook(lambda module, args, out: batches.append(len(args[0])))
+    gan = GANSteps.from_config(Accelerator(cpu=True), G, D, cfg, total_steps=1)
+    gan.step(0, lambda k: torch.rand(8, 1, 28, 28) * 2 - 1)
+    d_step = batches[:-1]  # the last forward is the G step's
+    assert d_step == ([8, 8] if separate else [16]), batches
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs CUDA (refused on a CPU)")
+def test_fp16_one_scaler_for_both_optimizers_updated_at_each_step_and_skips_counted():
+    """fp16: accelerate's single GradScaler serves D's and G's optimizers and is updated at each of their
+    steps; a step whose gradients overflow is skipped and counted per network. A scale of 2^60 makes the
+    first D and G updates overflow: both skipped, the scale halved twice (once per optimizer step)."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradScalerKwargs
+
+    from distgan.config import load
+    from tests.conftest import REPO
+
+    acc = Accelerator(mixed_precision="fp16", kwargs_handlers=[GradScalerKwargs(init_scale=2.0**60)])
+    cfg = load(REPO / "configs" / "default.yaml", ["train.batch_size=64", "train.mixed_precision=fp16"])
+    torch.manual_seed(0)
+    G, D = models.build_pair(cfg.model)
+    gan = GANSteps.from_config(acc, G, D, cfg, total_steps=50)
+    assert acc.scaler is not None and gan.opt_d.scaler is acc.scaler and gan.opt_g.scaler is acc.scaler
+
+    def real(k):
+        return torch.rand(64, 1, 28, 28, device=acc.device) * 2 - 1
+
+    gan.step(0, real)
+    assert gan.skipped == {"d": 1, "g": 1}
+    assert acc.scaler.get_scale() == 2.0**58
+    for step in range(1, 50):  # the scale backs off until the updates go through
+        metrics = gan.step(step, real)
+    assert gan.skipped["d"] < 25 and gan.skipped["g"] < 25, gan.skipped
+    assert all(torch.isfinite(metrics[k]).all() for k in ("loss_d", "loss_g"))

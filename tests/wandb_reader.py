@@ -63,9 +63,15 @@ def config(path: Path) -> dict:
 
 
 def run_info(path: Path) -> dict:
-    """The run record: name, group, job type, tags."""
+    """The run record: id, name, group, job type, tags."""
     for rec in records(path):
         if rec.WhichOneof("record_type") == "run":
             r = rec.run
-            return {"name": r.display_name, "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags)}
+            return {
+                "id": r.run_id,
+                "name": r.display_name,
+                "group": r.run_group,
+                "job_type": r.job_type,
+                "tags": list(r.tags),
+            }
     raise ValueError(f"{path} holds no run record")
