@@ -188,6 +188,7 @@ def test_mnist_evaluator_reaches_99_percent_and_fid_separates_real_from_noise(mn
     assert junk["precision"] < 0.05 and junk["recall"] < 0.05
 
 
+@pytest.mark.slow  # the only test of make test that needed the MNIST evaluator: 2.3 minutes to fit on a fresh machine
 @pytest.mark.real_data
 def test_evaluate_cli_scores_saved_samples_and_refuses_bad_files(mnist_root, tmp_path):
     evaluate.load("mnist", mnist_root, fit_if_missing=True, log=lambda m: None)

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,25 @@ def quick(tmp_path: Path, nproc: int, *extra: str) -> subprocess.CompletedProces
     return python("distgan.train", *args, timeout=300) if nproc == 1 else launch(args, nproc=nproc, timeout=300)
 
 
+class Started(dict):
+    """Per number of processes, a run of 2 quick steps (trained once, when a test first asks; copied by each)."""
+
+    def __init__(self, base: Path):
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, nproc: int) -> Path:
+        proc = quick(self.base / f"n{nproc}", nproc, "train.max_steps=2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        self[nproc] = self.base / f"n{nproc}" / "q"
+        return self[nproc]
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory) -> Started:
+    return Started(tmp_path_factory.mktemp("started"))
+
+
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize(
     ("blow_up", "quantity"),
@@ -189,11 +209,10 @@ def quick(tmp_path: Path, nproc: int, *extra: str) -> subprocess.CompletedProces
     ],
     ids=["loss", "weights"],
 )
-def test_a_non_finite_loss_or_weight_stops_every_rank_and_saves_nothing(tmp_path, nproc, blow_up, quantity):
+def test_a_non_finite_loss_or_weight_stops_every_rank_and_saves_nothing(started, tmp_path, nproc, blow_up, quantity):
     """A NaN stops every rank (the launch ends, none waits in a collective), names what became non-finite
     and the step, points at the last good checkpoint, and writes nothing after it."""
-    first = quick(tmp_path, nproc, "train.max_steps=2")
-    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(started[nproc], tmp_path / "q")
     ckpts = tmp_path / "q" / "checkpoints"
     before = {p.name: p.read_bytes() for p in (ckpts / "step-000002").iterdir()}
     blown = quick(tmp_path, nproc, *blow_up, "--resume", "auto")
