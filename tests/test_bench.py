@@ -63,14 +63,15 @@ def test_compiled_training_computes_what_eager_training_computes(tmp_path):
     a, b = rows(eager), rows(compiled)
     assert len(a) == len(b) == 6
     # Measured (2 cores, AMD EPYC, torch 2.14): the losses differ by at most 1.2e-7 relative (one float32 ulp),
-    # the weights after 6 Adam steps by at most 1.1e-6 (G_ema's first layer; |w| <= 0.13). Bounds ~5-8x that.
+    # the weights after 6 Adam steps by at most 1.1e-6 (G_ema's first layer; |w| <= 0.13). Bounds ~10x that, as
+    # inductor's kernels (and so their rounding) differ across CPUs.
     for key in ("loss_d", "loss_g", "d_real", "d_fake"):
-        np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-6, atol=1e-9, err_msg=key)
+        np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1.5e-6, atol=1e-9, err_msg=key)
     wa = load_file(next((eager / "checkpoints").glob("step-*")) / "model.safetensors")
     wb = load_file(next((compiled / "checkpoints").glob("step-*")) / "model.safetensors")
     assert wa.keys() == wb.keys()  # no _orig_mod. prefixes: a compiled run's checkpoint loads like any other
     for k in wa:
-        np.testing.assert_allclose(wb[k].double().numpy(), wa[k].double().numpy(), rtol=0, atol=5e-6, err_msg=k)
+        np.testing.assert_allclose(wb[k].double().numpy(), wa[k].double().numpy(), rtol=0, atol=1e-5, err_msg=k)
 
 
 def torch_process_anon_mb() -> float:

@@ -58,10 +58,14 @@ def run(tmp_path: Path, name: str, nproc: int, *extra: str) -> subprocess.Comple
 
 
 def start(tmp_path: Path, name: str, nproc: int, *extra: str) -> subprocess.Popen:
-    """The same command in the background, in its own session (so a test can kill it, group and all)."""
-    cmd, env = command(tmp_path, name, nproc, *extra)
+    """The same command in the background (:func:`background`)."""
+    return background(*command(tmp_path, name, nproc, *extra))
+
+
+def background(cmd: list, env: dict) -> subprocess.Popen:
+    """A command in the background, in its own session (so a test can kill it, group and all)."""
     return subprocess.Popen(
-        cmd,
+        [str(c) for c in cmd],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -281,15 +285,7 @@ def test_a_signal_finishes_the_step_saves_and_exits_128_plus_its_number(tmp_path
     args = [*ENDLESS, *tiny_overrides(tmp_path, "sig", **threads)]
     env = {"NPROC": nproc, "MASTER_PORT": free_port()}
     cmd = [sys.executable, "-m", "distgan.train", *args] if nproc == 1 else [REPO / "launch" / "cpu_multi.sh", *args]
-    proc = subprocess.Popen(
-        [str(c) for c in cmd],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=environment(env),
-        start_new_session=True,
-    )
+    proc = background(cmd, env)
     run_dir, deadline = tmp_path / "sig", time.time() + 120
     while logged_steps(run_dir) < 3:
         assert proc.poll() is None and time.time() < deadline, "no training steps logged"

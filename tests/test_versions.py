@@ -175,7 +175,7 @@ def test_the_readme_versions_table_row_matches_the_config(name):
     assert adam, row["Adam lr (betas)"]
     g, d = cfg.optim.g, cfg.optim.d
     shown = [float(v) if v is not None else None for v in adam.groups()]
-    # The README gives D's weight decay only when it shows one (final's 1e-05 it does not): checked where shown.
+    # The README gives D's weight decay only where one is set (final's 1e-05): checked where shown.
     wd_d = d.weight_decay if shown[7] is not None else None
     assert shown == [g.lr, *g.betas, g.weight_decay, d.lr, *d.betas, wd_d]
     assert row["epochs"] == str(cfg.train.epochs)
