@@ -64,7 +64,9 @@ def test_two_processes_shard_agree_and_write_once(mnist_root, tmp_path):
         assert len(sums) == 2 and sums[0] == sums[1], "weights identical across ranks at each checkpoint"
         # ... and the checksums are of the weights saved (sum and sum of squares of every tensor, float64)
         saved = load_file(run / "checkpoints" / f"epoch-{epoch:03d}" / "model.safetensors").values()
-        assert sums[0] == pytest.approx(sum(t.double().sum() + t.double().square().sum() for t in saved), rel=1e-9)
+        assert sums[0] == pytest.approx(
+            sum(float(t.double().sum() + t.double().square().sum()) for t in saved), rel=1e-9
+        )
         assert state["config"]["train"]["threads"] == 1  # 2 cores / 2 local processes
 
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1, "exactly one W&B run"
