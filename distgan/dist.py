@@ -159,7 +159,8 @@ def check_ranks_agree(accelerator: Accelerator, **modules: nn.Module) -> list[fl
     parts = {name: checksums(m) for name, m in modules.items()}
     local = torch.cat(list(parts.values())).to(accelerator.device)
     everyone = accelerator.gather(local.reshape(1, -1)).cpu()  # (world, n)
-    differs = ((everyone != everyone[0]) & ~(everyone.isnan() & everyone[0].isnan())).any(0)  # NaN: the caller's
+    # NaN on every rank is agreement: the caller then stops on non-finite weights, not on a distributed bug
+    differs = ((everyone != everyone[0]) & ~(everyone.isnan() & everyone[0].isnan())).any(0)
     bad, start = [], 0
     for name, part in parts.items():
         if differs[start : start + len(part)].any():

@@ -69,6 +69,12 @@ def launch(args: list[str], nproc: int = 2, extra_env: dict | None = None, timeo
     return proc
 
 
+def distgan_frames(stderr: str) -> list[str]:
+    """The traceback lines of ``stderr`` inside distgan: none where distgan says what went wrong in a line
+    (a launcher such as accelerate's may still print a traceback of its own)."""
+    return [line for line in stderr.splitlines() if line.strip().startswith("File ") and "/distgan/" in line]
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The repo's data/ folder with verified MNIST (make data / the PyPI mirror fills it)."""

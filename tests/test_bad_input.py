@@ -486,7 +486,7 @@ def accepted(cfg: config.Config, given: object) -> None:
     what a run stores (config.yaml, a checkpoint's JSON)."""
     plain = config.to_plain(cfg)
     assert agrees(given, plain), (given, plain)
-    assert config.from_dict(config.to_plain(cfg)) == cfg
+    assert config.from_dict(plain) == cfg
     assert config.from_dict(config.parse_yaml(config.dump_yaml(cfg), "config.yaml")) == cfg
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 from distgan import checkpoint
 from distgan.dist import free_port
 from tests import wandb_reader
-from tests.conftest import REPO, environment, launch, python, tiny_overrides
+from tests.conftest import REPO, distgan_frames, environment, launch, python, tiny_overrides
 from tests.conftest import run as run_command
 from tests.test_train import train as run_training
 
@@ -42,14 +43,17 @@ SETUP = [
 TIMING = {"seconds", "img_per_s"}
 
 
-def command(tmp_path: Path, name: str, nproc: int, *extra: str) -> tuple[list[str], dict]:
+def command(
+    tmp_path: Path, name: str, nproc: int, *extra: str, setup: list[str] = SETUP, evals: int = 2
+) -> tuple[list[str], dict]:
+    """The user's command for ``setup`` on N processes: python -m distgan.train, or launch/cpu_multi.sh."""
     overrides = tiny_overrides(
-        tmp_path, name, **{"eval.every_epochs": 2, **({"train.threads": 1} if nproc > 1 else {})}
+        tmp_path, name, **{"eval.every_epochs": evals, **({"train.threads": 1} if nproc > 1 else {})}
     )
     if nproc == 1:
-        return [sys.executable, "-m", "distgan.train", *SETUP, *overrides, *extra], {}
+        return [sys.executable, "-m", "distgan.train", *setup, *overrides, *extra], {}
     env = {"NPROC": nproc, "MASTER_PORT": free_port()}
-    return [str(REPO / "launch" / "cpu_multi.sh"), *SETUP, *overrides, *extra], env
+    return [str(REPO / "launch" / "cpu_multi.sh"), *setup, *overrides, *extra], env
 
 
 def run(tmp_path: Path, name: str, nproc: int, *extra: str) -> subprocess.CompletedProcess:
@@ -104,23 +108,25 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert len(ra) == len(rb) and ra == rb
 
 
-class Straight(dict):
-    """The uninterrupted 4-epoch run on N processes, trained once when a test first asks for it."""
+class PerWorld(dict):
+    """Per number of processes, the run folder ``train(nproc)`` trains: once, when a test first asks for it."""
 
-    def __init__(self, base: Path):
+    def __init__(self, train: Callable[[int], subprocess.CompletedProcess], folder: Callable[[int], Path]):
         super().__init__()
-        self.base = base
+        self.train, self.folder = train, folder
 
     def __missing__(self, nproc: int) -> Path:
-        proc = run(self.base, f"straight{nproc}", nproc)
+        proc = self.train(nproc)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        self[nproc] = self.base / f"straight{nproc}"
+        self[nproc] = self.folder(nproc)
         return self[nproc]
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, mnist_root) -> Straight:
-    return Straight(tmp_path_factory.mktemp("straight"))
+def straight(tmp_path_factory, mnist_root) -> PerWorld:
+    """The uninterrupted 4-epoch run on N processes."""
+    base = tmp_path_factory.mktemp("straight")
+    return PerWorld(lambda n: run(base, f"straight{n}", n), lambda n: base / f"straight{n}")
 
 
 @pytest.mark.real_data
@@ -182,23 +188,11 @@ def quick(tmp_path: Path, nproc: int, *extra: str) -> subprocess.CompletedProces
     return python("distgan.train", *args, timeout=300) if nproc == 1 else launch(args, nproc=nproc, timeout=300)
 
 
-class Started(dict):
-    """Per number of processes, a run of 2 quick steps (trained once, when a test first asks; copied by each)."""
-
-    def __init__(self, base: Path):
-        super().__init__()
-        self.base = base
-
-    def __missing__(self, nproc: int) -> Path:
-        proc = quick(self.base / f"n{nproc}", nproc, "train.max_steps=2")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        self[nproc] = self.base / f"n{nproc}" / "q"
-        return self[nproc]
-
-
 @pytest.fixture(scope="module")
-def started(tmp_path_factory) -> Started:
-    return Started(tmp_path_factory.mktemp("started"))
+def started(tmp_path_factory) -> PerWorld:
+    """A run of 2 quick steps on N processes (each test copies it)."""
+    base = tmp_path_factory.mktemp("started")
+    return PerWorld(lambda n: quick(base / f"n{n}", n, "train.max_steps=2"), lambda n: base / f"n{n}" / "q")
 
 
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.slow)])
@@ -225,10 +219,7 @@ def test_a_non_finite_loss_or_weight_stops_every_rank_and_saves_nothing(started,
     assert found is not None and found.group(1) == quantity, blown.stderr[-3000:]
     assert int(found.group(2)) >= 2
     assert blown.stderr.count("became non-finite") == nproc, "every rank stops on it (each says so)"
-    frames = [line for line in blown.stderr.splitlines() if line.strip().startswith("File ")]
-    assert not [f for f in frames if "/distgan/" in f], (
-        "a message, not a traceback (accelerate's launcher prints its own)"
-    )
+    assert not distgan_frames(blown.stderr), "a message, not a traceback (accelerate's launcher prints its own)"
     assert f"the last good checkpoint is {ckpts / 'step-000002'}" in blown.stderr
     assert checkpoint.read_pointer(ckpts, "latest") == "step-000002"
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-000002"], "nothing saved after it"
@@ -281,11 +272,7 @@ def logged_steps(run_dir: Path) -> int:
 def test_a_signal_finishes_the_step_saves_and_exits_128_plus_its_number(tmp_path, nproc, signum):
     """Ctrl-C (SIGINT to the terminal's process group) and SLURM's SIGUSR1: a step checkpoint where the run
     stopped, a stop row naming it, the resume command, and the exit code of :func:`launcher_exit_code`."""
-    threads = {"train.threads": 1} if nproc > 1 else {}
-    args = [*ENDLESS, *tiny_overrides(tmp_path, "sig", **threads)]
-    env = {"NPROC": nproc, "MASTER_PORT": free_port()}
-    cmd = [sys.executable, "-m", "distgan.train", *args] if nproc == 1 else [REPO / "launch" / "cpu_multi.sh", *args]
-    proc = background(cmd, env)
+    proc = background(*command(tmp_path, "sig", nproc, setup=ENDLESS, evals=0))
     run_dir, deadline = tmp_path / "sig", time.time() + 120
     while logged_steps(run_dir) < 3:
         assert proc.poll() is None and time.time() < deadline, "no training steps logged"
